@@ -71,17 +71,32 @@ def test_second_reader_mcap_ros2_reads_the_bag(mcap_bag):
 
 
 @pytest.mark.ros
-def test_rclpy_deserializes_the_written_image(mcap_bag):
+def test_rclpy_deserializes_the_written_image_and_label(mcap_bag):
     serialization = pytest.importorskip("rclpy.serialization")
     sensor_msgs = pytest.importorskip("sensor_msgs.msg")
+    gm_msgs = pytest.importorskip("gm_skip_ros.msg", reason="generated messages: make msgs")
     from rosbags.rosbag2 import Reader
 
-    rgb, _ = next(scenes.generate_scenes(1, seed=4, width=W, height=H))
+    rgb, truth = next(scenes.generate_scenes(1, seed=4, width=W, height=H))
     with Reader(mcap_bag) as r:
-        conns = [c for c in r.connections if c.topic == rb.IMAGE_TOPIC]
-        _, _, raw = next(r.messages(connections=conns))
-    msg = serialization.deserialize_message(bytes(raw), sensor_msgs.Image)
-    assert rb.image_msg_to_rgb(msg).tobytes() == rgb.tobytes()
+        first = {}
+        for conn, _, raw in r.messages():
+            first.setdefault(conn.topic, (conn, raw))
+    img = serialization.deserialize_message(bytes(first[rb.IMAGE_TOPIC][1]), sensor_msgs.Image)
+    assert rb.image_msg_to_rgb(img).tobytes() == rgb.tobytes()
+    conn, raw = first[rb.LABEL_TOPIC]
+    lab = serialization.deserialize_message(bytes(raw), gm_msgs.SceneLabel)
+    assert lab.main_class == truth.main_class and list(lab.captions) == list(truth.captions)
+    assert lab.header.stamp == img.header.stamp
+    # the type hash recorded in the bag is the one rosidl computed for the generated message
+    import json
+    import sys
+
+    desc = Path(sys.prefix) / "share" / "gm_skip_ros" / "msg" / "SceneLabel.json"
+    if desc.is_file():
+        hashes = {h["type_name"]: h["hash_string"]
+                  for h in json.loads(desc.read_text())["type_hashes"]}
+        assert conn.digest == hashes[rb.LABEL_TYPE]
 
 
 def test_compressed_topic_is_read_with_imdecode(mcap_bag):
