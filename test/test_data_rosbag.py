@@ -234,7 +234,7 @@ def test_encodings_are_converted_and_unknown_ones_counted(tmp_path):
         (60, _image(60, rgb, "rgb8")),
     ]
     weird = _image(60, rgb, "rgb8")
-    weird.encoding = "yuv422"
+    weird.encoding = "yuv420"
     frames[-1] = (60, weird)
     bag = _write_bag(tmp_path / "b", frames=frames, labels=[10, 20, 30, 40, 50, 60])
     got = rb.read_bag_samples(bag)
@@ -244,7 +244,7 @@ def test_encodings_are_converted_and_unknown_ones_counted(tmp_path):
         assert np.array_equal(by_stamp[stamp], rgb), stamp
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     assert np.array_equal(by_stamp[50], np.repeat(grey[:, :, None], 3, axis=2))
-    assert got.stats.skipped == {"unsupported encoding 'yuv422'": 1}
+    assert got.stats.skipped == {"unknown_encoding 'yuv420'": 1}
 
 
 def test_short_image_data_and_corrupt_jpeg_are_skipped(tmp_path):
@@ -256,11 +256,10 @@ def test_short_image_data_and_corrupt_jpeg_are_skipped(tmp_path):
     bag = _write_bag(tmp_path / "c", frames=frames, labels=[20, 30])
     got = rb.read_bag_samples(bag)
     assert [s.stamp_ns for s in got] == [20]
-    assert got.stats.skipped == {"cannot decode compressed image (format 'jpeg')": 1}
+    assert got.stats.skipped == {"corrupt_compressed": 1}
     bag2 = _write_bag(tmp_path / "r", frames=[(10, short)], labels=[10])
     got2 = rb.read_bag_samples(bag2)
-    assert list(got2) == [] and got2.stats.skipped_total == 1
-    assert "does not fit" in next(iter(got2.stats.skipped))
+    assert list(got2) == [] and got2.stats.skipped == {"short_data": 1}
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.9, 0.002])

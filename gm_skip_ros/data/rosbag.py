@@ -55,13 +55,6 @@ T0_NS = 1_700_000_000 * 1_000_000_000
 #: A frame or label left unmatched this long (bag time) is given up on.
 MATCH_WINDOW_NS = 5 * 1_000_000_000
 
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
-_TO_RGB = {
-    "bgr8": cv2.COLOR_BGR2RGB,
-    "rgba8": cv2.COLOR_RGBA2RGB,
-    "bgra8": cv2.COLOR_BGRA2RGB,
-    "mono8": cv2.COLOR_GRAY2RGB,
-}
 
 
 # --------------------------------------------------------------------------- types
@@ -246,48 +239,31 @@ def write_scene_bag(path: str | os.PathLike, n: int, seed: int, storage: str = "
 # --------------------------------------------------------------------------- images
 
 
-class ImageDecodeError(ValueError):
-    """An image message that cannot be turned into RGB (the reason is the message)."""
-
-
 def image_msg_to_rgb(msg: Any) -> np.ndarray:
     """H x W x 3 uint8 RGB from a sensor_msgs Image or CompressedImage message.
 
-    Works on any object with the message's fields (rosbags or rclpy messages).
-    Image encodings: rgb8, bgr8, rgba8, bgra8, mono8; ``step`` padding is honoured.
-    CompressedImage: anything cv2.imdecode reads (jpeg, png).
-    Raises ImageDecodeError with the reason otherwise.
+    Works on any object with the message's fields (rosbags or rclpy messages). The
+    conversion itself is gm_skip_ros.ros.image_conversion (no rclpy there), shared with the
+    node: rgb8/bgr8/rgba8/bgra8/mono8, 16-bit and YUV 4:2:2 encodings, ``step`` padding;
+    CompressedImage via cv2.imdecode. Raises its ImageConversionError (``.reason``).
     """
+    from gm_skip_ros.ros.image_conversion import (ImageConversionError, compressed_to_rgb,
+                                                  raw_to_rgb)
+
     if hasattr(msg, "encoding"):
-        enc = str(msg.encoding).lower()
-        ch = _CHANNELS.get(enc)
-        if ch is None:
-            raise ImageDecodeError(f"unsupported encoding {msg.encoding!r}")
-        h, w, step = int(msg.height), int(msg.width), int(msg.step)
-        data = np.frombuffer(msg.data, np.uint8) if not isinstance(msg.data, np.ndarray) \
-            else msg.data.view(np.uint8).reshape(-1)
-        if h <= 0 or w <= 0 or step < w * ch or data.size < h * step:
-            raise ImageDecodeError(
-                f"{enc} data of {data.size} bytes does not fit height {h}, width {w}, step {step}")
-        arr = data[: h * step].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
-        if enc == "rgb8":
-            return np.ascontiguousarray(arr)
-        if ch == 1:
-            arr = arr[:, :, 0]
-        return cv2.cvtColor(np.ascontiguousarray(arr), _TO_RGB[enc])
+        return raw_to_rgb(msg.height, msg.width, msg.encoding, bool(msg.is_bigendian),
+                          msg.step, msg.data)
     if hasattr(msg, "format"):
-        buf = np.frombuffer(msg.data, np.uint8) if not isinstance(msg.data, np.ndarray) \
-            else msg.data.view(np.uint8).reshape(-1)
-        bgr = None
-        if buf.size:
-            try:
-                bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-            except cv2.error:
-                bgr = None
-        if bgr is None:
-            raise ImageDecodeError(f"cannot decode compressed image (format {msg.format!r})")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    raise ImageDecodeError(f"not an image message: {type(msg).__name__}")
+        return compressed_to_rgb(msg.format, msg.data)
+    raise ImageConversionError("not_an_image", f"not an image message: {type(msg).__name__}")
+
+
+def _skip_reason(msg: Any, exc: ValueError) -> str:
+    """Short key for BagStats.skipped, e.g. "unknown_encoding 'yuv420'" or "short_data"."""
+    reason = getattr(exc, "reason", type(exc).__name__)
+    if reason == "unknown_encoding":
+        return f"{reason} {getattr(msg, 'encoding', '')!r}"
+    return reason
 
 
 # --------------------------------------------------------------------------- reader
@@ -469,10 +445,13 @@ class BagSamples:
     def _sample(self, msg: Any, stamp: int, lab: Any | None, stats: BagStats) -> Sample | None:
         from gm_skip_ros.data.scenes import CLASSES, PROMPTS, sample_from_truth
 
+        from gm_skip_ros.ros.image_conversion import ImageConversionError
+
         try:
             rgb = image_msg_to_rgb(msg)
-        except ImageDecodeError as exc:
-            stats.skipped[str(exc)] += 1
+        except ImageConversionError as exc:
+            stats.skipped[_skip_reason(msg, exc)] += 1
+            log.debug("skipped frame %d on %s: %s", stamp, stats.image_topic, exc)
             return None
         sid = f"{stats.image_topic}@{stamp}"
         if lab is None:
