@@ -161,8 +161,11 @@ def make_captions(truth: SceneTruth) -> tuple[str, ...]:
     if truth.weather != "clear":
         cond = f"{cond} {_WEATHER_PHRASE[truth.weather]}"
     col = truth.colour
-    np_col = f"{_article(col)} {col} {name}"  # "a red car", "an orange traffic cone"
     np_plain = f"{_article(name)} {name}"
+    if truth.main_class in ("pedestrian", "cyclist"):  # the colour is their clothing
+        np_col = f"{np_plain} in {col}"  # "a pedestrian in red"
+    else:
+        np_col = f"{_article(col)} {col} {name}"  # "a red car", "an orange traffic cone"
     caps = [
         f"{np_col} {pos} {cond}",
         f"{np_col} on the road ahead {cond}",
