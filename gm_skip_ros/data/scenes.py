@@ -342,8 +342,9 @@ def _draw_cyclist(p, x0, y0, w, h, colour, rng, night):
     seat = (x0 + 0.4 * w, yb - 0.95 * r)
     bar = (xb - 0.15 * r, yb - 1.25 * r)
     crank = (x0 + 0.48 * w, yb)
-    for a, b in ((seat, crank), (crank, (xa, yb)), (seat, (xa, yb)), (crank, (xb - 0.4 * r, yb - 0.9 * r)),
-                 ((xb - 0.4 * r, yb - 0.9 * r), seat), (bar, (xb, yb))):
+    head = (xb - 0.4 * r, yb - 0.9 * r)  # top of the fork
+    for a, b in ((seat, crank), (crank, (xa, yb)), (seat, (xa, yb)), (crank, head),
+                 (head, seat), (bar, (xb, yb))):
         p.line(a[0], a[1], b[0], b[1], frame, lw)
     # rider: sits on the seat, leaning forward
     cloth = COLOURS[colour]
