@@ -43,13 +43,9 @@ def model_id_of(identity: dict) -> str:
 
 def load_model(model_dir, plan_path=None, *, device: str = "cpu", dtype=None):
     """The (pruned) LoadedVLM: the plan is validated against the model and applied."""
-    if plan_path is not None:
-        from gm_skip_ros.search.plan import load_pruned_vlm
+    from gm_skip_ros.export.onnx_export import load_model as _load
 
-        return load_pruned_vlm(model_dir, plan_path, device=device, dtype=dtype)
-    from gm_skip_ros.models import load_vlm
-
-    return load_vlm(model_dir, device=device, dtype=dtype)
+    return _load(model_dir, plan_path, device=device, dtype=dtype)
 
 
 def _set_threads(num_threads: int | None) -> None:
