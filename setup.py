@@ -26,6 +26,8 @@ setup(
     entry_points={
         "console_scripts": [
             "gm-skip = gm_skip_ros.cli:main",
+            "vlm_node = gm_skip_ros.ros.vlm_node:main",
+            "gm_skip_bag_replay = gm_skip_ros.ros.bag_replay:main",
         ],
     },
 )
