@@ -13,6 +13,8 @@ from gm_skip_ros.models.families import family_for_model_type
 from gm_skip_ros.models.loading import LoadedVLM
 from gm_skip_ros.models.tiny import dummy_inputs, tiny_model
 
+from runtime_support import write_plan
+
 ort = pytest.importorskip("onnxruntime")
 TOL = 1e-4
 STEPS = 8
@@ -149,8 +151,7 @@ def test_parity_dynamo(family, tmp_path):
 
 def test_manifest_and_validation(tmp_path):
     vlm = _vlm("llava", tmp_path)
-    plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"decoder_removed": []}))
+    plan = write_plan(tmp_path / "plan.json", vlm.identity(), removed=[])
     out = export_vlm(vlm, tmp_path / "onnx", exporter="torchscript", plan_path=plan)
     man = read_manifest(out)
     assert set(man["files"]) >= {"vision.onnx", "decoder.onnx", "embed_tokens.npy",
@@ -162,8 +163,7 @@ def test_manifest_and_validation(tmp_path):
     check_matches(man, out, plan_path=plan)
     with pytest.raises(GmSkipError, match="plan"):
         check_matches(man, out, plan_path=None)
-    other = tmp_path / "other.json"
-    other.write_text("{}")
+    other = write_plan(tmp_path / "other.json", vlm.identity(), removed=[1])
     with pytest.raises(GmSkipError, match="re-export"):
         check_matches(man, out, plan_path=other)
     # corruption and partial directories are detected

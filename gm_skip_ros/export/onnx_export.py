@@ -44,12 +44,11 @@ _EX_BATCH, _EX_PAST, _EX_SEQ = 2, 3, 4
 
 
 def plan_sha256(plan_path) -> str:
-    """sha256 of a plan file's bytes (the plan's identity in manifests and cache keys)."""
-    p = Path(plan_path)
-    if not p.is_file():
-        raise GmSkipError(f"plan file {str(p)!r} does not exist; pass the JSON written by "
-                          "`gm-skip search`")
-    return sha256_file(p)
+    """The plan's identity in manifests and cache keys: ``SkipPlan.sha256()`` (canonical
+    JSON of its content). Raises GmSkipError for a missing or malformed plan file."""
+    from gm_skip_ros.search.plan import load_plan
+
+    return load_plan(plan_path).sha256()
 
 
 # --------------------------------------------------------------------------------------
