@@ -218,7 +218,7 @@ def build_inputs(processor, image_rgb: np.ndarray, prompt: str, answer: str | No
     enc = processor(images=[image], text=[text], return_tensors="pt")
     inputs = dict(enc)
     prompt_len = int(inputs["input_ids"].shape[1])
-    if answer is None:
+    if answer is None or not answer.strip():
         return inputs, prompt_len
     full = dict(processor(images=[image], text=[text + " " + answer.strip()],
                           return_tensors="pt"))
@@ -227,7 +227,8 @@ def build_inputs(processor, image_rgb: np.ndarray, prompt: str, answer: str | No
         return full, prompt_len
     # the tokenizer merged across the boundary: append the answer's own tokens
     tok = getattr(processor, "tokenizer", processor)
-    ans = torch.tensor([tok(" " + answer.strip(), add_special_tokens=False)["input_ids"]])
+    ans = torch.tensor([tok(" " + answer.strip(), add_special_tokens=False)["input_ids"]],
+                       dtype=torch.long)
     merged = dict(inputs)
     merged["input_ids"] = torch.cat([inputs["input_ids"], ans], dim=1)
     for key in ("attention_mask", "token_type_ids", "mm_token_type_ids"):
