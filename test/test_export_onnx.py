@@ -1,7 +1,4 @@
 """ONNX export of the split model: parity with PyTorch, manifest, validation, refusals."""
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -93,13 +90,11 @@ def _left_pad(inputs, pad=3):
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     ids2 = torch.cat([torch.zeros(1, pad, dtype=ids.dtype), ids], 1)
     mask2 = torch.cat([torch.zeros(1, pad, dtype=mask.dtype), mask], 1)
-    ids1 = torch.cat([ids, torch.zeros(1, pad, dtype=ids.dtype)], 1)[:, :0]
     out = dict(inputs)
     out["input_ids"] = torch.cat([torch.cat([ids[:, :1].repeat(1, pad), ids], 1), ids2], 0)
     out["attention_mask"] = torch.cat([torch.cat([torch.ones(1, pad, dtype=mask.dtype), mask], 1),
                                        mask2], 0)
     out["input_ids"][0, :pad] = 3  # plain text tokens in front of the first sample
-    del ids1
     out["pixel_values"] = inputs["pixel_values"].repeat(2, 1, 1, 1)
     return out
 
