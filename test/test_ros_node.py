@@ -262,3 +262,29 @@ def test_missing_model_dir_refused_at_start(tmp_path):
     out = proc.output()
     proc.stop()
     assert proc.proc.returncode == 2 and "model_dir" in out, out
+
+
+def test_full_size_frames_with_reliable_input(tiny_llava_dir, tmp_path):
+    """640x480 rgb8 (921 kB) frames: with input_reliability=reliable none is lost to UDP
+    fragment loss (a best-effort subscription here loses most of them, see README)."""
+    from sensor_msgs.msg import Image
+
+    from gm_skip_ros.msg import SceneDescription
+
+    domain = test_domain_id(offset=6)
+    proc = start_vlm_node(tiny_llava_dir, tmp_path / "node.log", ros_env(domain),
+                          "num_threads:=1", "max_new_tokens:=2", "input_reliability:=reliable")
+    c = RosClient(domain)
+    try:
+        c.pub = c.node.create_publisher(Image, f"{NODE}/input/image", 10)
+        c.desc = c.collect(SceneDescription, f"{NODE}/output/scene_description")
+        assert c.spin_until(lambda: c.pub.get_subscription_count() > 0, 120), proc.output()
+        c.spin_for(0.5)
+        for seq in range(3):
+            msg = _image(seq, _now_ns(c), width=640, height=480)
+            assert _send_and_wait(c, msg), proc.output()[-3000:]
+    finally:
+        c.close()
+        code = proc.stop()
+    assert code == 0, proc.output()[-3000:]
+    assert "reliable" in proc.output()

@@ -148,7 +148,7 @@ def score(descriptions: dict[int, str], truth: dict[int, tuple[str, ...]],
 def replay(args, node, log=print) -> dict:
     """Publish the bag on ``node``; returns the evaluation report ({} without --eval)."""
     import rclpy
-    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import QoSProfile
     from rosgraph_msgs.msg import Clock
 
     if args.rate <= 0:
@@ -157,7 +157,9 @@ def replay(args, node, log=print) -> dict:
     try:
         msg_cls = _msg_class(cam.msgtype)
         out_topic = args.publish_as or cam.topic
-        pub = node.create_publisher(msg_cls, out_topic, qos_profile_sensor_data)
+        # reliable: delivered to reliable subscribers without fragment loss, and still
+        # compatible with best-effort (sensor-data QoS) subscribers
+        pub = node.create_publisher(msg_cls, out_topic, QoSProfile(depth=5))
         clock_pub = None if args.no_clock else node.create_publisher(Clock, "/clock", 10)
         descriptions: dict[int, str] = {}
         if args.eval:

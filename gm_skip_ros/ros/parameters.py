@@ -72,6 +72,11 @@ PARAMETERS: tuple[Param, ...] = (
     Param("use_compressed_image", bool, False,
           "Subscribe to sensor_msgs/CompressedImage on ~/input/image instead of "
           "sensor_msgs/Image."),
+    Param("input_reliability", str, "best_effort",
+          "Reliability of the ~/input/image subscription (sensor-data QoS otherwise, depth 1 "
+          "when reliable). best_effort matches any camera publisher; reliable needs a reliable "
+          "publisher but does not lose large frames to UDP fragment loss.",
+          choices=("best_effort", "reliable")),
     Param("max_image_pixels", int, 16_777_216,
           "Frames with more pixels (width*height) are rejected and counted.",
           minimum=1, maximum=1_000_000_000),

@@ -36,7 +36,7 @@ from rcl_interfaces.msg import (
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
 from gm_skip_ros.errors import GmSkipError
@@ -133,15 +133,18 @@ class VlmNode(Node):
             self._process, max_rate_hz=self._values["max_inference_rate_hz"],
             on_error=self._on_worker_error, name="vlm_node-inference").start()
         msg_type = CompressedImage if self._values["use_compressed_image"] else Image
-        self._sub = self.create_subscription(msg_type, "~/input/image", self._on_image,
-                                             qos_profile_sensor_data)
+        in_qos = qos_profile_sensor_data
+        if self._values["input_reliability"] == "reliable":
+            in_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self._sub = self.create_subscription(msg_type, "~/input/image", self._on_image, in_qos)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_timer = self.create_timer(self._values["diagnostics_period_s"],
                                              self._publish_diagnostics)
         self.get_logger().info(
             f"ready: backend={self._backend.name} model={self._backend.model_id} "
             f"plan={self._backend.plan_id} blocks={self._backend.blocks_active}/"
-            f"{self._backend.blocks_total} input={self._sub.topic_name} ({msg_type.__name__})")
+            f"{self._backend.blocks_total} input={self._sub.topic_name} ({msg_type.__name__}, "
+            f"{self._values['input_reliability']})")
 
     # ---- configuration ---------------------------------------------------------------------
     def _declare_parameters(self) -> dict[str, Any]:
