@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -149,6 +150,13 @@ class Step:
     forward_passes: int = 0
     wall_s: float = 0.0
     meets_min_metric: bool = True
+    speedups: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Step":
+        d = dict(d)
+        d["candidates"] = [Candidate(**c) for c in d.get("candidates", [])]
+        return cls(**d)
 
 
 @dataclass
@@ -193,21 +201,89 @@ def choose_operating_step(steps: Sequence[Step]) -> int:
     return max(ok, key=lambda s: (round(s.balanced, 12), s.step)).step
 
 
-def gm_skip_search(ev: Evaluator, cfg: SearchConfig, progress: Callable | None = None
+def _stats(ev) -> Counter:
+    return Counter(getattr(ev, "stats", {}))
+
+
+def evaluate_candidates(ev: Evaluator, cfg: SearchConfig, removed: Sequence[Block],
+                        cands: Sequence[Block], m0: float, total: int,
+                        progress: Callable | None = None
+                        ) -> tuple[list[tuple[Candidate, Block]], tuple[Candidate, Block], dict]:
+    """Evaluate one step's candidates in order in this process; return (tried, best, stats).
+
+    Early stopping: a candidate stops once it cannot reach the best metric so far (exact:
+    it cannot be the winner, whose metric is the maximum)."""
+    s0 = _stats(ev)
+    d0, v0 = _split(removed)
+    if hasattr(ev, "begin_step"):
+        ev.begin_step(d0, v0, cands)
+    best: tuple[Candidate, Block] | None = None
+    tried: list[tuple[Candidate, Block]] = []
+    for b in cands:
+        must = None
+        if cfg.early_stop and best is not None and ev.metric.per_sample_mean:
+            must = best[0].metric
+        d, v = _split([*removed, b])
+        r = ev.evaluate(d, v, must_reach=must)
+        c = Candidate(block_name(b), r.score, r.nll,
+                      balanced_score(r.score, m0, len(removed) + 1, total, cfg.balance),
+                      r.early_stopped, r.wall_s)
+        tried.append((c, b))
+        if not r.early_stopped and (best is None or _key(c, b) < _key(*best)):
+            best = (c, b)
+        if progress:
+            progress(len(removed) + 1, b, c)
+    assert best is not None
+    stats = _stats(ev)
+    stats.subtract(s0)
+    return tried, best, {k: v for k, v in stats.items() if v}
+
+
+def pick_best(tried: Sequence[tuple[Candidate, Block]]) -> tuple[Candidate, Block]:
+    """The winner among fully evaluated candidates (the merge rule of every runner)."""
+    full = [t for t in tried if not t[0].early_stopped]
+    return min(full, key=lambda t: _key(*t))
+
+
+def gm_skip_search(ev: Evaluator, cfg: SearchConfig, progress: Callable | None = None, *,
+                   runner=None, state: dict | None = None,
+                   on_step: Callable[[list[Step], float, int], None] | None = None
                    ) -> SearchResult:
-    """Run the GM-Skip greedy search with ``ev`` (see module docstring)."""
+    """Run the GM-Skip greedy search with ``ev`` (see module docstring).
+
+    runner: evaluates a step's candidates elsewhere (e.g. on Ray); has
+    ``evaluate_candidates(cfg, removed, cands, m0, total, progress)`` returning what
+    :func:`evaluate_candidates` returns (its stats with a ``forward_passes`` count).
+    state: a saved state ({"steps": [...], "wall_s": ...}) to continue from.
+    on_step(steps, wall_s, forward_passes): called after every completed step (step 0
+    included), e.g. to save the state.
+    """
     n_dec, n_vis = ev.mask.num_decoder, ev.mask.num_vision
     cfg.validate(n_dec, n_vis)
     total = n_dec + (n_vis if cfg.scope == "decoder+vision" else 0)
     t_start = time.perf_counter()
-    p0 = ev.forward_passes
-    base = ev.evaluate()
-    m0 = base.score
-    steps = [_make_step(0, [], base, m0, n_dec, n_vis, cfg, total)]
-    steps[0].forward_passes, steps[0].wall_s = base.forward_passes, base.wall_s
-    log.info("unpruned: %s=%.4f nll=%.4f", cfg.metric, m0, base.nll)
-    removed: list[Block] = []
+    wall0 = 0.0
+    if state:
+        steps = [Step.from_dict(s) for s in state["steps"]]
+        wall0 = float(state.get("wall_s", 0.0))
+        m0 = steps[0].metric
+        log.info("resuming after step %d", steps[-1].step)
+    else:
+        s0 = _stats(ev)
+        base = ev.evaluate()
+        m0 = base.score
+        steps = [_make_step(0, [], base, m0, n_dec, n_vis, cfg, total)]
+        steps[0].forward_passes, steps[0].wall_s = base.forward_passes, base.wall_s
+        sp = _stats(ev)
+        sp.subtract(s0)
+        steps[0].speedups = {k: v for k, v in sp.items() if v}
+        log.info("unpruned: %s=%.4f nll=%.4f", cfg.metric, m0, base.nll)
+        if on_step:
+            on_step(steps, time.perf_counter() - t_start, _total_passes(steps))
+    removed: list[Block] = [parse_block(x) for x in steps[-1].removed]
     while True:
+        if len(steps) > 1 and not steps[-1].meets_min_metric and not cfg.full_curve:
+            break
         if cfg.max_steps is not None and len(removed) >= cfg.max_steps:
             break
         if cfg.target_sparsity is not None and len(removed) / total >= cfg.target_sparsity - 1e-12:
@@ -216,23 +292,15 @@ def gm_skip_search(ev: Evaluator, cfg: SearchConfig, progress: Callable | None =
         if not cands:
             break
         t_step, p_step = time.perf_counter(), ev.forward_passes
-        best: tuple | None = None
-        tried: list[tuple[Candidate, Block]] = []
-        for b in cands:
-            must = None
-            if cfg.early_stop and best is not None and ev.metric.per_sample_mean:
-                must = best[0].metric
-            d, v = _split([*removed, b])
-            r = ev.evaluate(d, v, must_reach=must)
-            c = Candidate(block_name(b), r.score, r.nll,
-                          balanced_score(r.score, m0, len(removed) + 1, total, cfg.balance),
-                          r.early_stopped, r.wall_s)
-            tried.append((c, b))
-            if not r.early_stopped and (best is None or _key(c, b) < _key(*best)):
-                best = (c, b)
-            if progress:
-                progress(len(removed) + 1, b, c)
-        assert best is not None
+        if runner is None:
+            tried, best, sp = evaluate_candidates(ev, cfg, removed, cands, m0, total, progress)
+            passes = ev.forward_passes - p_step
+        else:
+            tried, best, sp = runner.evaluate_candidates(cfg, removed, cands, m0, total,
+                                                         progress)
+            passes = int(sp.get("forward_passes", 0))
+        sp = {k: v for k, v in sp.items() if k != "forward_passes"}
+        sp["early_stopped_candidates"] = sum(1 for c, _ in tried if c.early_stopped)
         removed.append(best[1])
         d, v = _split(removed)
         step = Step(
@@ -240,17 +308,22 @@ def gm_skip_search(ev: Evaluator, cfg: SearchConfig, progress: Callable | None =
             decoder_blocks_kept=n_dec - len(d), vision_blocks_kept=n_vis - len(v),
             metric=best[0].metric, relative_metric=best[0].metric / m0 if m0 > 0 else math.nan,
             nll=best[0].nll, balanced=best[0].balanced,
-            candidates=[c for c, _ in tried], forward_passes=ev.forward_passes - p_step,
+            candidates=[c for c, _ in tried], forward_passes=passes,
             wall_s=time.perf_counter() - t_step,
             meets_min_metric=(m0 <= 0 or best[0].metric >= cfg.min_relative_metric * m0 - 1e-12),
+            speedups=sp,
         )
         steps.append(step)
         log.info("step %d: skip %s -> %s=%.4f nll=%.4f (%d candidates, %.1fs)", step.step,
                  block_name(best[1]), cfg.metric, step.metric, step.nll, len(tried), step.wall_s)
-        if not step.meets_min_metric and not cfg.full_curve:
-            break
+        if on_step:
+            on_step(steps, wall0 + time.perf_counter() - t_start, _total_passes(steps))
     return SearchResult("gm_skip", steps, choose_operating_step(steps), asdict(cfg),
-                        time.perf_counter() - t_start, ev.forward_passes - p0)
+                        wall0 + time.perf_counter() - t_start, _total_passes(steps))
+
+
+def _total_passes(steps: Sequence[Step]) -> int:
+    return sum(s.forward_passes for s in steps)
 
 
 # --------------------------------------------------------------------------------------
