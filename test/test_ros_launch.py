@@ -70,6 +70,7 @@ def test_every_var_is_declared_and_every_arg_used(path):
         assert a.get("description"), f"arg {a.get('name')} has no description"
 
 
+@pytest.mark.ros  # needs `make msgs` (installs lib/ and share/gm_skip_ros)
 def test_online_launch_node_matches_package_and_executables():
     root = ET.parse(ONLINE).getroot()
     (node,) = root.iter("node")
@@ -81,6 +82,7 @@ def test_online_launch_node_matches_package_and_executables():
     assert installed.is_file(), "run `make msgs` (installs lib/gm_skip_ros/vlm_node)"
 
 
+@pytest.mark.ros  # needs `make msgs` (installs lib/ and share/gm_skip_ros)
 def test_online_launch_params_and_remaps_are_the_nodes():
     root = ET.parse(ONLINE).getroot()
     (node,) = root.iter("node")
@@ -96,6 +98,7 @@ def test_online_launch_params_and_remaps_are_the_nodes():
         "installed param file is stale: run `make msgs`")
 
 
+@pytest.mark.ros  # needs `make msgs` (installs lib/ and share/gm_skip_ros)
 def test_search_launch_command_is_a_valid_gm_skip_search_call():
     from gm_skip_ros.cli import make_parser
 
