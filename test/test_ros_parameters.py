@@ -72,7 +72,6 @@ def test_validate_accepts_defaults_with_model_dir_and_promotes_ints():
 
 
 @pytest.mark.parametrize("changes,word", [
-    (dict(model_dir=""), "model_dir"),
     (dict(max_new_tokens=True), "max_new_tokens"),
     (dict(max_new_tokens=3.0), "max_new_tokens"),
     (dict(latency_budget_ms=float("nan")), "latency_budget_ms"),
@@ -83,6 +82,18 @@ def test_validate_names_the_parameter(changes, word):
     values = {**P.defaults(), "model_dir": "/m", **changes}
     with pytest.raises(GmSkipError, match=word):
         P.validate(values)
+
+
+def test_empty_model_dir_means_the_demo_model(tmp_path, monkeypatch):
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "config.json").write_text("{}")
+    (demo / "model.safetensors").write_bytes(b"")
+    monkeypatch.setenv("GM_SKIP_DEMO_MODEL", str(demo))
+    assert P.validate({**P.defaults(), "model_dir": ""})["model_dir"] == str(demo)
+    monkeypatch.setenv("GM_SKIP_DEMO_MODEL", str(tmp_path / "nowhere"))
+    with pytest.raises(GmSkipError, match="model_dir"):
+        P.validate({**P.defaults(), "model_dir": ""})
 
 
 def test_check_files(tmp_path):

@@ -38,7 +38,8 @@ class Param:
 
 PARAMETERS: tuple[Param, ...] = (
     Param("model_dir", str, "",
-          "Directory of the (full, unpruned) Hugging Face VLM: config, weights, processor."),
+          "Directory of the (full, unpruned) Hugging Face VLM: config, weights, processor. "
+          "Empty: the project's shipped demo VLM (models/demo_vlm)."),
     Param("plan_path", str, "",
           "Skip plan JSON from `gm-skip search`; its blocks are physically removed before "
           "inference. Empty: run the full model."),
@@ -129,9 +130,13 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise GmSkipError(f"parameters missing: {', '.join(missing)}")
     if not out["model_dir"]:
-        raise GmSkipError(
-            "parameter model_dir is empty: pass the model directory, e.g. "
-            "`-p model_dir:=/path/to/model` or set it in the param file")
+        from gm_skip_ros.models.demo import default_model_dir
+
+        try:
+            out["model_dir"] = str(default_model_dir())
+        except GmSkipError as exc:
+            raise GmSkipError(f"parameter model_dir is empty and the demo model is missing "
+                              f"({exc}); pass `-p model_dir:=/path/to/model`") from None
     if out["device"] == "cpu" and out["backend"] == "tensorrt":
         raise GmSkipError("parameter backend=tensorrt needs device=cuda")
     return out
