@@ -243,11 +243,11 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     """H x W x 3 uint8 RGB from a sensor_msgs Image or CompressedImage message.
 
     Works on any object with the message's fields (rosbags or rclpy messages). The
-    conversion itself is gm_skip_ros.ros.image_conversion (no rclpy there), shared with the
+    conversion itself is gm_skip_ros.data.image_conversion (no rclpy there), shared with the
     node: rgb8/bgr8/rgba8/bgra8/mono8, 16-bit and YUV 4:2:2 encodings, ``step`` padding;
     CompressedImage via cv2.imdecode. Raises its ImageConversionError (``.reason``).
     """
-    from gm_skip_ros.ros.image_conversion import (ImageConversionError, compressed_to_rgb,
+    from gm_skip_ros.data.image_conversion import (ImageConversionError, compressed_to_rgb,
                                                   raw_to_rgb)
 
     if hasattr(msg, "encoding"):
@@ -445,7 +445,7 @@ class BagSamples:
     def _sample(self, msg: Any, stamp: int, lab: Any | None, stats: BagStats) -> Sample | None:
         from gm_skip_ros.data.scenes import CLASSES, PROMPTS, sample_from_truth
 
-        from gm_skip_ros.ros.image_conversion import ImageConversionError
+        from gm_skip_ros.data.image_conversion import ImageConversionError
 
         try:
             rgb = image_msg_to_rgb(msg)

@@ -42,7 +42,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from gm_skip_ros.errors import GmSkipError
 from gm_skip_ros.msg import Float64Stamped, SceneDescription
 from gm_skip_ros.ros import parameters as params
-from gm_skip_ros.ros.image_conversion import (
+from gm_skip_ros.data.image_conversion import (
     ImageConversionError,
     check_size,
     compressed_to_rgb,

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gm_skip_ros.ros.image_conversion import (
+from gm_skip_ros.data.image_conversion import (
     SUPPORTED_ENCODINGS,
     ImageConversionError,
     bytes_per_pixel,
