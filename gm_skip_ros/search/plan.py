@@ -20,7 +20,10 @@ Schema (``"schema": "gm_skip_plan", "version": 1``)::
                                  "wall_s"}], "forward_passes", "wall_s"}],
       "operating_point": {"step": k, "removed_decoder": [...], "removed_vision": [...],
                           "metric": ..., "chosen_by": "balanced" | "user"},
-      "cost": {"wall_s", "forward_passes", "per_step": [...]}
+      "cost": {"wall_s", "forward_passes", "evaluator": {"mode": "plain" | "fast", ...},
+               "per_step": [{"step", "wall_s", "forward_passes", "candidates",
+                             "speedups": {"vision_passes_saved", "prefix_block_calls_saved",
+                                          "early_stopped_candidates", "model_calls", ...}}]}
     }
 
 Block indices are always those of the unpruned model. ``steps[k]`` is the state after k
@@ -148,7 +151,8 @@ def new_plan(identity: dict, result, data_info: dict, seed: int, metric: str) ->
         "cost": {"wall_s": d["wall_s"], "forward_passes": d["forward_passes"],
                  "per_step": [{"step": s["step"], "wall_s": s["wall_s"],
                                "forward_passes": s["forward_passes"],
-                               "candidates": len(s["candidates"])} for s in steps]},
+                               "candidates": len(s["candidates"]),
+                               "speedups": s.get("speedups", {})} for s in steps]},
     }
     p = SkipPlan(plan)
     dec, vis = p.removed_at(op)
