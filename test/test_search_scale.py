@@ -100,6 +100,28 @@ def test_prefix_replay_is_used_only_for_the_step_structure(planted):
         assert (a.predictions, a.nll) == (b.predictions, b.nll)
 
 
+def test_padded_batches_give_the_plain_plan(planted):
+    """Prompts of two lengths: padded batches (left for generation, right for scoring)."""
+    vlm, samples = planted
+    long_prompt = "what is the main object on the road ahead ?"
+    probe = [Sample(s.image, long_prompt if i % 2 else PROMPT, ("x",), id=s.id)
+             for i, s in enumerate(samples)]
+    metric = get_metric("exact_match")
+    preds = Evaluator(vlm, probe, metric, max_new_tokens=3).evaluate().predictions
+    mixed = [Sample(s.image, s.prompt, (p,), id=s.id) for s, p in zip(probe, preds)]
+    plain = gm_skip_search(Evaluator(vlm, mixed, metric, max_new_tokens=3),
+                           SearchConfig(**KW, early_stop=False))
+    fe = FastEvaluator(vlm, mixed, metric, max_new_tokens=3, batch_size=4, pad=True)
+    lens = [{fe._len(i, "gen") for i in b} for b in fe._batches]
+    assert any(len(x) > 1 for x in lens), "some batch mixes prompt lengths"
+    fast = gm_skip_search(fe, SearchConfig(**KW))
+    _same_plan(plain, fast, exact_nll=False)
+    ref = Evaluator(vlm, mixed, metric, max_new_tokens=3).evaluate(decoder_skip=[3])
+    got = fe.evaluate(decoder_skip=[3])
+    assert got.predictions == ref.predictions
+    assert got.nll == pytest.approx(ref.nll, rel=1e-5)
+
+
 @pytest.fixture(scope="module")
 def demo_like(tmp_path_factory):
     """A tiny random Llava with the demo model's processor, and rendered scene samples."""

@@ -45,6 +45,9 @@ def register(sub) -> None:
     g.add_argument("--batch-size", type=int, default=8,
                    help="samples per model call among samples of equal length; no padding "
                    "(default 8; 1 = no batching)")
+    g.add_argument("--batch-padding", action="store_true",
+                   help="also batch samples of different lengths with padding (left for "
+                   "generation); equal up to float rounding, not bit for bit")
     g.add_argument("--no-vision-cache", action="store_true",
                    help="recompute the vision encoder for every candidate")
     g.add_argument("--no-prefix-reuse", action="store_true",
@@ -107,7 +110,8 @@ def run(args) -> int:
     ev_kwargs = dict(max_new_tokens=args.max_new_tokens, secondary=args.secondary)
     if not args.plain:
         ev_kwargs.update(cache_vision=not args.no_vision_cache,
-                         prefix_reuse=not args.no_prefix_reuse, batch_size=args.batch_size)
+                         prefix_reuse=not args.no_prefix_reuse, batch_size=args.batch_size,
+                         pad=args.batch_padding)
     ev = make_evaluator(vlm, samples, metric, args.plain, ev_kwargs)
     runner = None
     if args.ray_address:
@@ -168,6 +172,7 @@ def describe_evaluator(args, runner) -> dict:
     else:
         d = {"mode": "fast", "vision_cache": not args.no_vision_cache,
              "prefix_reuse": not args.no_prefix_reuse, "batch_size": args.batch_size,
+             "batch_padding": args.batch_padding,
              "early_stop": not args.no_early_stop}
     if runner is not None:
         d["ray"] = {"address": args.ray_address, "workers": runner.workers,

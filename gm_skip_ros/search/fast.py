@@ -163,13 +163,18 @@ class FastEvaluator(Evaluator):
     cache_vision: reuse the vision encoder output when no vision block is skipped.
     prefix_reuse: replay the blocks before the candidate (needs :meth:`begin_step`).
     batch_size: samples per model call among samples of equal lengths (1: no batching).
+    pad: also batch samples of different lengths, left-padding the prompts for generation
+    and right-padding the teacher-forced sequences. Exact in exact arithmetic; in floating
+    point a padded row goes through the masked attention path, so its logits can differ
+    from the unpadded ones in the last bits (same plan unless two candidates tie to
+    within rounding). Off by default.
     prefix_budget_mb: the capture of a step is skipped (no prefix reuse at that step) when
     it would hold more than this many MB of hidden states and KV entries.
     """
 
     def __init__(self, vlm, samples, metric, max_new_tokens: int = 16, secondary: str = "nll",
                  progress=None, *, cache_vision: bool = True, prefix_reuse: bool = True,
-                 batch_size: int = 8, prefix_budget_mb: float = 4096):
+                 batch_size: int = 8, pad: bool = False, prefix_budget_mb: float = 4096):
         super().__init__(vlm, samples, metric, max_new_tokens=max_new_tokens,
                          secondary=secondary, progress=progress)
         if batch_size < 1:
@@ -177,6 +182,11 @@ class FastEvaluator(Evaluator):
 
             raise GmSkipError(f"--batch-size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
+        self.pad = pad
+        tok = self.tokenizer
+        self.pad_id = getattr(tok, "pad_token_id", None)
+        if self.pad_id is None:
+            self.pad_id = getattr(vlm.model.generation_config, "pad_token_id", None) or 0
         self.prefix_reuse = prefix_reuse
         self.prefix_budget = prefix_budget_mb * 2**20
         self.stats: Counter = Counter()
@@ -199,15 +209,25 @@ class FastEvaluator(Evaluator):
         """Indices grouped by identical input shapes, in sample order, <= batch_size each."""
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(self._prepared):
-            key = (tuple((k, tuple(v.shape)) for k, v in sorted(p.gen_inputs.items())
-                         if torch.is_tensor(v)),
-                   tuple((k, tuple(v.shape)) for k, v in sorted(p.tf_inputs.items())
-                         if torch.is_tensor(v)), p.prompt_len)
+            if self.pad:  # same keys and same image tensor shapes; lengths may differ
+                key = tuple((k, tuple(v.shape[1:]) if k.startswith("pixel") else None)
+                            for k, v in sorted(p.gen_inputs.items()) if torch.is_tensor(v))
+            else:
+                key = (tuple((k, tuple(v.shape)) for k, v in sorted(p.gen_inputs.items())
+                             if torch.is_tensor(v)),
+                       tuple((k, tuple(v.shape)) for k, v in sorted(p.tf_inputs.items())
+                             if torch.is_tensor(v)), p.prompt_len)
             groups.setdefault(key, []).append(i)
         batches = []
         for idx in groups.values():
+            if self.pad:  # neighbours in length: little padding
+                idx = sorted(idx, key=lambda i: (self._len(i, "gen"), self._len(i, "tf"), i))
             batches += [idx[j:j + self.batch_size] for j in range(0, len(idx), self.batch_size)]
-        return sorted(batches, key=lambda b: b[0])
+        return sorted(batches, key=lambda b: min(b))
+
+    def _len(self, i: int, kind: str) -> int:
+        p = self._prepared[i]
+        return int((p.gen_inputs if kind == "gen" else p.tf_inputs)["input_ids"].shape[1])
 
     @torch.no_grad()
     def _ensure_features(self) -> None:
@@ -231,12 +251,23 @@ class FastEvaluator(Evaluator):
         src = [(self._prepared[i].gen_inputs if kind == "gen" else self._prepared[i].tf_inputs)
                for i in idx]
         out = {}
+        width = max(int(s["input_ids"].shape[1]) for s in src)
         for k in src[0]:
             if cached_vision and k == "pixel_values":
                 continue
             v = src[0][k]
-            out[k] = torch.cat([s[k] for s in src], dim=0) if len(src) > 1 and torch.is_tensor(v) \
-                else v
+            if len(src) == 1 or not torch.is_tensor(v):
+                out[k] = v
+            elif k.startswith("pixel") or all(s[k].shape[1] == width for s in src):
+                out[k] = torch.cat([s[k] for s in src], dim=0)
+            else:  # pad the sequence dimension: left for generation, right for scoring
+                fill = self.pad_id if k == "input_ids" else 0
+                rows = []
+                for s_ in src:
+                    t = s_[k]
+                    pad = t.new_full((t.shape[0], width - t.shape[1]), fill)
+                    rows.append(torch.cat([pad, t] if kind == "gen" else [t, pad], dim=1))
+                out[k] = torch.cat(rows, dim=0)
         if cached_vision:
             out["mm_encoder_outputs"] = self._mm(idx)
         return out
@@ -292,8 +323,7 @@ class FastEvaluator(Evaluator):
         return float(per_tok * toks * depth)
 
     def _has_answer(self, idx: list[int]) -> bool:
-        p = self._prepared[idx[0]]
-        return int(p.tf_inputs["input_ids"].shape[1]) > p.prompt_len
+        return any(self._len(i, "tf") > self._prepared[i].prompt_len for i in idx)
 
     def _replay_depth(self, decoder_skip: Sequence[int], vision_skip: Sequence[int]) -> int:
         """How many leading active blocks can be replayed for this configuration."""
@@ -334,8 +364,9 @@ class FastEvaluator(Evaluator):
                     for i, v in zip(idx, self._nll_batch(idx, cached_vision, replay, b)):
                         nlls[i] = v
                 if cached_vision:
-                    self.stats["vision_passes_saved"] += len(idx) * (
-                        2 if self.secondary == "nll" and self._has_answer(idx) else 1)
+                    self.stats["vision_passes_saved"] += len(idx) + (
+                        sum(self._len(i, "tf") > self._prepared[i].prompt_len for i in idx)
+                        if self.secondary == "nll" else 0)
                 if by_sample:
                     scores = self.metric([preds[i] for i in idx],
                                          [self._prepared[i].references for i in idx],
@@ -384,7 +415,6 @@ class FastEvaluator(Evaluator):
 
     def _nll_batch(self, idx: list[int], cached_vision: bool, replay: _Replay | None,
                    b: int) -> list[float]:
-        p0 = self._prepared[idx[0]]
         if not self._has_answer(idx):
             return [float("nan")] * len(idx)
         inputs = self._inputs(idx, "tf", cached_vision)
@@ -401,8 +431,12 @@ class FastEvaluator(Evaluator):
         self.stats["sample_passes"] += len(idx)
         ids = inputs["input_ids"]
         out = []
-        for r in range(len(idx)):
-            logp = torch.log_softmax(logits[r, p0.prompt_len - 1:-1].float(), dim=-1)
-            target = ids[r, p0.prompt_len:]
+        for r, i in enumerate(idx):  # rows are right-padded: row r is ids[r, :n]
+            plen, n = self._prepared[i].prompt_len, self._len(i, "tf")
+            if n <= plen:
+                out.append(float("nan"))
+                continue
+            logp = torch.log_softmax(logits[r, plen - 1:n - 1].float(), dim=-1)
+            target = ids[r, plen:n]
             out.append(float(-logp.gather(1, target[:, None]).mean()))
         return out
