@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process/worker")
     ap.add_argument("--ray-workers", default="1,2", help="comma list; empty: no Ray runs")
+    ap.add_argument("--ray-split", default="candidates", choices=("candidates", "samples"))
     ap.add_argument("--ablate", action="store_true", help="also time each speed-up alone")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
@@ -107,10 +108,12 @@ def main(argv=None) -> int:
         with RayRunner(vlm.model_dir, samples, args.metric, address="local", workers=n,
                        device=args.device, threads=args.threads,
                        ev_kwargs=fast_kw, expected_identity=vlm.identity(),
-                       per_sample_mean=metric.per_sample_mean) as runner:
+                       per_sample_mean=metric.per_sample_mean,
+                       split=args.ray_split) as runner:
             startup = time.perf_counter() - t0
             res = gm_skip_search(fe, SearchConfig(**base), runner=runner)
-        record(f"ray fast x{n}", res, {"ray_workers": n, "ray_startup_s": round(startup, 2)})
+        record(f"ray {args.ray_split} x{n}", res,
+               {"ray_workers": n, "ray_startup_s": round(startup, 2)})
 
     ref = plans["plain"]
     ok = True

@@ -283,16 +283,23 @@ def test_ray_search_gives_the_single_process_plan(planted, planted_dir, tmp_path
               "exact_match", "--max-new-tokens", "3", "--split", "all",
               "--min-relative-metric", "0.99", "--threads-per-worker", "1"]
     assert cli_main([*common, "--out", str(tmp_path / "local.json")]) == 0
-    assert cli_main([*common, "--out", str(tmp_path / "ray.json"), "--ray-address", "local",
-                     "--ray-workers", "2"]) == 0
-    assert "Ray: 2 workers ready" in capsys.readouterr().out
     a = json.loads((tmp_path / "local.json").read_text())
-    b = json.loads((tmp_path / "ray.json").read_text())
-    assert b["cost"]["evaluator"]["ray"]["workers"] == 2
-    assert a["removal_order"] == b["removal_order"] == [
-        "decoder:5", "decoder:4", "decoder:2", "decoder:3"]
-    assert a["operating_point"] == b["operating_point"]
-    for sa, sb in zip(a["steps"], b["steps"]):
-        assert (sa["removed"], sa["metric"]) == (sb["removed"], sb["metric"])
-        assert sa["nll"] == pytest.approx(sb["nll"], rel=1e-5)
-    assert b["steps"][1]["speedups"]["ray_workers"] == 2
+    for split in ("candidates", "samples"):
+        out = tmp_path / f"ray-{split}.json"
+        assert cli_main([*common, "--out", str(out), "--ray-address", "local",
+                         "--ray-workers", "2", "--ray-split", split]) == 0
+        assert "Ray: 2 workers ready" in capsys.readouterr().out
+        b = json.loads(out.read_text())
+        assert b["cost"]["evaluator"]["ray"]["workers"] == 2
+        assert b["cost"]["evaluator"]["ray"]["split"] == split
+        assert a["removal_order"] == b["removal_order"] == [
+            "decoder:5", "decoder:4", "decoder:2", "decoder:3"]
+        assert a["operating_point"] == b["operating_point"]
+        for sa, sb in zip(a["steps"], b["steps"]):
+            assert (sa["removed"], sa["metric"]) == (sb["removed"], sb["metric"])
+            assert sa["nll"] == pytest.approx(sb["nll"], rel=1e-5)
+            for ca, cb in zip(sa["candidates"], sb["candidates"]):
+                assert ca["block"] == cb["block"]
+                if not (ca["early_stopped"] or cb["early_stopped"]):
+                    assert ca["metric"] == cb["metric"]
+        assert b["steps"][1]["speedups"]["ray_workers"] == 2

@@ -61,6 +61,9 @@ def register(sub) -> None:
     g.add_argument("--ray-workers", type=int, default=None, metavar="N",
                    help="number of Ray workers (default: one per GPU, or one per "
                    "--threads-per-worker CPUs)")
+    g.add_argument("--ray-split", default="candidates", choices=("candidates", "samples"),
+                   help="what a Ray worker gets: whole candidates (default) or a shard of the "
+                   "samples of every candidate (better with few candidates or many workers)")
     g.add_argument("--threads-per-worker", type=int, default=1, metavar="T",
                    help="torch threads of each Ray worker on CPU (default 1)")
     p.set_defaults(func=run)
@@ -123,7 +126,7 @@ def run(args) -> int:
             load_kwargs=dict(trust_remote_code=args.trust_remote_code,
                              decoder_path=args.decoder_path, vision_path=args.vision_path),
             ev_kwargs=ev_kwargs, plain=args.plain, expected_identity=vlm.identity(),
-            per_sample_mean=metric.per_sample_mean)
+            per_sample_mean=metric.per_sample_mean, split=args.ray_split)
         print(f"Ray: {runner.workers} workers ready in {runner.startup_s:.1f} s")
     bar = tqdm(desc="gm-skip search", unit="cand", leave=False)
 
@@ -176,6 +179,7 @@ def describe_evaluator(args, runner) -> dict:
              "early_stop": not args.no_early_stop}
     if runner is not None:
         d["ray"] = {"address": args.ray_address, "workers": runner.workers,
+                    "split": args.ray_split,
                     "threads_per_worker": args.threads_per_worker,
                     "startup_s": round(runner.startup_s, 2)}
     return d

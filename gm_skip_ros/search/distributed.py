@@ -11,6 +11,13 @@ Design (one process per GPU or per CPU slice, any number of hosts):
   driver hands the step's candidates out in search order, one per idle actor. When
   submitting a candidate it passes the best metric among the *completed* candidates, so
   early stopping works across actors as in one process.
+* ``split="samples"`` instead: every actor holds a contiguous shard of the samples and
+  every candidate runs on all shards at once; the driver concatenates the per-sample
+  predictions, scores and answer NLLs in sample order and computes the metric and the
+  mean NLL exactly as one process does (same values, same summation order). Early
+  stopping per shard uses the bound "every other sample correct", which is exact too.
+  Better than ``"candidates"`` when there are few candidates per step (a window, late
+  steps) or many workers; no prefix capture is computed twice.
 * **Deterministic merge**: results are put back in candidate order and the winner is the
   minimum of the same key as in one process (metric, then answer NLL, then reverse order)
   over the fully evaluated candidates. A candidate is only early-stopped when it provably
@@ -81,11 +88,16 @@ class _Worker:
             self.ev.begin_step(decoder_removed, vision_removed, candidates)
         return self._delta(s0, p0)
 
-    def evaluate(self, decoder_skip, vision_skip, must_reach) -> dict:
+    def evaluate(self, decoder_skip, vision_skip, must_reach, per_sample: bool = False
+                 ) -> dict:
         s0, p0 = Counter(getattr(self.ev, "stats", {})), self.ev.forward_passes
         r = self.ev.evaluate(decoder_skip, vision_skip, must_reach=must_reach)
-        return {"score": r.score, "nll": r.nll, "early_stopped": r.early_stopped,
-                "wall_s": r.wall_s, "stats": self._delta(s0, p0)}
+        out = {"score": r.score, "nll": r.nll, "early_stopped": r.early_stopped,
+               "wall_s": r.wall_s, "stats": self._delta(s0, p0)}
+        if per_sample:
+            out.update(predictions=r.predictions, per_sample=r.per_sample,
+                       per_sample_nll=r.per_sample_nll)
+        return out
 
 
 class RayRunner:
@@ -94,13 +106,17 @@ class RayRunner:
     address: "local" starts a private Ray instance on this machine (loopback only);
     "auto" or "ray://host:port" joins an existing cluster.
     workers: number of actors (default: one per GPU, or one per ``threads`` CPUs).
+    split: "candidates" (each actor evaluates whole candidates) or "samples" (each actor
+    holds a shard of the samples; every candidate runs on all shards).
     """
 
     def __init__(self, model_dir, samples: Sequence, metric: str, *, address: str = "local",
                  workers: int | None = None, device: str = "cpu", threads: int = 1,
                  load_kwargs: dict | None = None, ev_kwargs: dict | None = None,
                  plain: bool = False, expected_identity: dict | None = None,
-                 per_sample_mean: bool = True):
+                 per_sample_mean: bool = True, split: str = "candidates"):
+        if split not in ("candidates", "samples"):
+            raise GmSkipError(f"--ray-split must be candidates or samples, got {split!r}")
         try:
             import ray
         except ImportError:
@@ -108,6 +124,9 @@ class RayRunner:
                               ) from None
         self.ray = ray
         self.per_sample_mean = per_sample_mean
+        self.split = split
+        self.metric = metric
+        self.samples = list(samples)
         self._owns = False
         gpu = str(device).startswith("cuda")
         t0 = time.perf_counter()
@@ -134,12 +153,24 @@ class RayRunner:
                               f"{'GPU' if gpu else 'CPU'} for a worker; pass --ray-workers")
         opts = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": max(1, threads)}
         actor_cls = ray.remote(_Worker)
-        samples_ref = ray.put(list(samples))
         lk = dict(load_kwargs or {})
         lk.setdefault("device", device)
-        self.actors = [actor_cls.options(**opts).remote(
-            str(model_dir), samples_ref, metric, lk, dict(ev_kwargs or {}), plain, threads)
-            for _ in range(workers)]
+        if split == "samples":
+            workers = min(workers, len(self.samples))
+            n, k = len(self.samples), workers
+            bounds = [n * j // k for j in range(k + 1)]
+            shards = [self.samples[bounds[j]:bounds[j + 1]] for j in range(k)]
+        else:
+            shards = [self.samples] * workers
+        refs = {}
+        self.shard_sizes = [len(sh) for sh in shards]
+        self.actors = []
+        for sh in shards:
+            key = id(sh)
+            if key not in refs:
+                refs[key] = ray.put(sh)
+            self.actors.append(actor_cls.options(**opts).remote(
+                str(model_dir), refs[key], metric, lk, dict(ev_kwargs or {}), plain, threads))
         try:
             ids = ray.get([a.identity.remote() for a in self.actors])
         except ray.exceptions.RayError as exc:
@@ -165,6 +196,8 @@ class RayRunner:
         stats: Counter = Counter()
         for s in ray.get([a.begin_step.remote(d0, v0, list(cands)) for a in self.actors]):
             stats.update(s)
+        if self.split == "samples":
+            return self._sharded(cfg, removed, cands, m0, total, progress, stats)
         results: dict[int, tuple[Candidate, Block]] = {}
         queue = list(enumerate(cands))
         idle = list(self.actors)
@@ -194,6 +227,58 @@ class RayRunner:
         tried = [results[i] for i in range(len(cands))]
         stats["ray_workers"] = self.workers
         return tried, pick_best(tried), {k: v for k, v in stats.items() if v}
+
+    def _sharded(self, cfg, removed, cands, m0, total, progress, stats: Counter):
+        """Every candidate on all sample shards at once; exact merge in sample order."""
+        from gm_skip_ros.search.metrics import get_metric
+
+        ray = self.ray
+        metric = get_metric(self.metric)
+        n = len(self.samples)
+        tried: list[tuple[Candidate, Block]] = []
+        best: tuple[Candidate, Block] | None = None
+        for b in cands:
+            must = best[0].metric if (cfg.early_stop and best is not None
+                                      and self.per_sample_mean) else None
+            d, v = _split([*removed, b])
+            rs = ray.get([a.evaluate.remote(d, v, self._shard_must(must, ns), True)
+                          for a, ns in zip(self.actors, self.shard_sizes)])
+            for r in rs:
+                stats.update(r["stats"])
+            score, nll, early = self._merge(rs, metric, n)
+            c = Candidate(block_name(b), score, nll,
+                          balanced_score(score, m0, len(removed) + 1, total, cfg.balance),
+                          early, max(r["wall_s"] for r in rs))
+            tried.append((c, b))
+            if not early and (best is None or _key(c, b) < _key(*best)):
+                best = (c, b)
+            if progress:
+                progress(len(removed) + 1, b, c)
+        stats["ray_workers"] = self.workers
+        return tried, pick_best(tried), {k: v for k, v in stats.items() if v}
+
+    def _shard_must(self, must: float | None, n_shard: int) -> float | None:
+        """A shard's early-stop bound: it stops when, with all samples of the other shards
+        correct, the candidate still cannot reach ``must``:
+        ``(c + r + n - n_s) / n < must``  <=>  ``(c + r) / n_s < (must * n - n + n_s) / n_s``.
+        Loosened by 1e-9 so that rounding can only delay a stop, never cause one."""
+        if must is None:
+            return None
+        n = len(self.samples)
+        return (must * n - (n - n_shard)) / n_shard - 1e-9
+
+    def _merge(self, rs: list[dict], metric, n: int) -> tuple[float, float, bool]:
+        preds = [p for r in rs for p in r["predictions"]]
+        early = any(r["early_stopped"] for r in rs)
+        if self.per_sample_mean:
+            per = [x for r in rs for x in r["per_sample"]]
+            score = (sum(per) + (n - len(per))) / n if early else sum(per) / n
+        else:
+            score = float(metric(preds, [s.answers for s in self.samples]))
+        nlls = [x for r in rs for x in (r["per_sample_nll"] or [])]
+        finite = [x for x in nlls if x == x]  # drop NaN
+        nll = sum(finite) / len(finite) if finite else float("nan")
+        return float(score), float(nll), early
 
     def close(self) -> None:
         for a in getattr(self, "actors", []):

@@ -37,7 +37,8 @@ class EvalResult:
 
     score: the task metric (higher is better); nll: mean answer NLL over the evaluated
     samples (nats/token, lower is better; NaN when not computed); per_sample: per-sample
-    metric scores (metrics that are a mean only); early_stopped: evaluation was cut short
+    metric scores (metrics that are a mean only); per_sample_nll: per-sample answer NLL
+    (in sample order, for exact merging of shards); early_stopped: evaluation was cut short
     because the candidate could no longer win (score is then an upper bound).
     """
 
@@ -45,6 +46,7 @@ class EvalResult:
     nll: float
     predictions: list[str] = field(default_factory=list)
     per_sample: list[float] | None = None
+    per_sample_nll: list[float] | None = None
     samples_evaluated: int = 0
     forward_passes: int = 0
     wall_s: float = 0.0
@@ -134,6 +136,7 @@ class Evaluator:
         return EvalResult(
             score=float(score), nll=float(sum(finite) / len(finite)) if finite else float("nan"),
             predictions=preds, per_sample=per if by_sample else None,
+            per_sample_nll=nlls if self.secondary == "nll" else None,
             samples_evaluated=len(preds), forward_passes=self.forward_passes - passes0,
             wall_s=time.perf_counter() - t0, early_stopped=early,
         )

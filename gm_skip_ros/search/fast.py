@@ -390,6 +390,7 @@ class FastEvaluator(Evaluator):
             score=float(score), nll=float(sum(finite) / len(finite)) if finite else float("nan"),
             predictions=[preds[i] for i in order],
             per_sample=[per[i] for i in order] if by_sample else None,
+            per_sample_nll=[nlls[i] for i in sorted(nlls)] if self.secondary == "nll" else None,
             samples_evaluated=len(order), forward_passes=self.forward_passes - passes0,
             wall_s=time.perf_counter() - t0, early_stopped=early,
         )
