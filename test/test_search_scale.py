@@ -61,13 +61,31 @@ def _same_plan(a, b, exact_nll=True):
                 assert ca.nll == (cb.nll if exact_nll else pytest.approx(cb.nll, rel=1e-5))
 
 
-@pytest.mark.parametrize("batch_size,window", [(1, None), (4, None), (4, 3)])
-def test_fast_search_gives_the_plain_plan(planted, batch_size, window):
+@pytest.fixture(scope="module")
+def plain_results(planted):
+    """The plain search's result per window (computed once per module)."""
+    vlm, samples = planted
+    cache = {}
+
+    def get(window):
+        if window not in cache:
+            cache[window] = gm_skip_search(
+                Evaluator(vlm, samples, get_metric("exact_match"), max_new_tokens=3),
+                SearchConfig(**KW, window=window, early_stop=False))
+        return cache[window]
+    return get
+
+
+@pytest.mark.parametrize("batch_size,window", [
+    (4, None),
+    pytest.param(1, None, marks=pytest.mark.slow),
+    pytest.param(4, 3, marks=pytest.mark.slow),
+])
+def test_fast_search_gives_the_plain_plan(planted, plain_results, batch_size, window):
     vlm, samples = planted
     metric = get_metric("exact_match")
     cfg = dict(KW, window=window)
-    plain = gm_skip_search(Evaluator(vlm, samples, metric, max_new_tokens=3),
-                           SearchConfig(**cfg, early_stop=False))
+    plain = plain_results(window)
     fe = FastEvaluator(vlm, samples, metric, max_new_tokens=3, batch_size=batch_size)
     fast = gm_skip_search(fe, SearchConfig(**cfg))
     _same_plan(plain, fast)
@@ -100,6 +118,7 @@ def test_prefix_replay_is_used_only_for_the_step_structure(planted):
         assert (a.predictions, a.nll) == (b.predictions, b.nll)
 
 
+@pytest.mark.slow
 def test_padded_batches_give_the_plain_plan(planted):
     """Prompts of two lengths: padded batches (left for generation, right for scoring)."""
     vlm, samples = planted
@@ -143,6 +162,7 @@ def demo_like(tmp_path_factory):
     return load_vlm(d), samples
 
 
+@pytest.mark.slow
 def test_fast_search_with_a_real_processor(demo_like):
     vlm, samples = demo_like
     metric = get_metric("accuracy")
@@ -163,11 +183,11 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_after_a_kill_gives_the_uninterrupted_plan(planted, tmp_path):
+def test_resume_after_a_kill_gives_the_uninterrupted_plan(planted, plain_results, tmp_path):
     vlm, samples = planted
     metric = get_metric("exact_match")
     cfg = SearchConfig(**KW)
-    full = gm_skip_search(FastEvaluator(vlm, samples, metric, max_new_tokens=3), cfg)
+    full = plain_results(None)
     from dataclasses import asdict
 
     fp = fingerprint(vlm.identity(), {"sha256": "d", "num_samples": len(samples)},
@@ -192,6 +212,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_plan(planted, tmp_path):
     assert resumed.steps[1].wall_s == state["steps"][1]["wall_s"]
 
 
+@pytest.mark.slow
 def test_cli_resume_and_refusals(planted, planted_dir, tmp_path, capsys, monkeypatch):
     _, samples = planted
     data = _write_jsonl(tmp_path, samples)
