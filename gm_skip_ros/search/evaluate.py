@@ -125,7 +125,8 @@ class Evaluator:
                     nlls.append(self._nll(p))
                 if by_sample:
                     per.append(float(self.metric([pred], [p.references], per_sample=True)[0]))
-                    if must_reach is not None and (sum(per) + (n - i - 1)) / n < must_reach:
+                    if must_reach is not None and i < n - 1 and \
+                            (sum(per) + (n - i - 1)) / n < must_reach:
                         early = True
                         break
         if by_sample:

@@ -373,8 +373,8 @@ class FastEvaluator(Evaluator):
                                          per_sample=True)
                     for i, s in zip(idx, scores):
                         per[i] = float(s)
-                    if must_reach is not None and (sum(per.values()) + (n - len(per))) / n \
-                            < must_reach:
+                    if must_reach is not None and len(per) < n and \
+                            (sum(per.values()) + (n - len(per))) / n < must_reach:
                         early = True
                         self.stats["samples_skipped_early_stop"] += n - len(per)
                         break
