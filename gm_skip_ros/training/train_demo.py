@@ -54,8 +54,8 @@ QUESTIONS: dict[str, str] = {
 
 #: Sampling weights of the questions in stage 2 ("light" only on traffic-light frames).
 TASK_WEIGHTS: dict[str, float] = {
-    "classify": 0.3,
-    "caption": 0.35,
+    "classify": 0.35,
+    "caption": 0.3,
     "colour": 0.1,
     "position": 0.1,
     "light": 0.05,
@@ -104,15 +104,15 @@ class DemoConfig:
     text_mlp: int = 512
     max_positions: int = 256
     # data
-    train_frames: int = 6000
+    train_frames: int = 10000
     render_width: int = 640
     render_height: int = 480
     # stage 1 (vision tower + linear heads)
-    stage1_steps: int = 600
+    stage1_steps: int = 1400
     stage1_batch: int = 64
     stage1_lr: float = 1e-3
     # stage 2 (whole VLM)
-    stage2_steps: int = 900
+    stage2_steps: int = 1000
     stage2_batch: int = 32
     stage2_lr: float = 3e-4
     stage2_vision_lr: float = 1e-4
@@ -209,7 +209,8 @@ def build_processor(tokenizer, cfg: DemoConfig):
 def build_model(cfg: DemoConfig, tokenizer):
     """A randomly initialised LlavaForConditionalGeneration of the demo size (float32)."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration)
 
     vision = CLIPVisionConfig(
         hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_mlp,
@@ -648,8 +649,8 @@ def model_card(report: dict) -> str:
         "## Removing one decoder block",
         "",
         "Held-out metrics with each single decoder block skipped (`SkipMask`: the block is",
-        "taken out, the others renumbered); the unpruned model is the first row. The search has a landscape to",
-        "work with when these differ.",
+        "taken out, the others renumbered); the unpruned model is the first row. The",
+        "search has a landscape to work with where these differ.",
         "",
         "| removed block | accuracy | CIDEr-D | answer NLL |",
         "|---|---|---|---|",
@@ -679,6 +680,21 @@ def save(out: Path, model, processor, report: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def _machine() -> str:
+    """E.g. "AMD EPYC 9R14 (x86_64, 2 cores)"."""
+    import os
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({platform.machine()}, {os.cpu_count()} cores)"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -763,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "baseline_cider": base_cider,
         "blocks": blocks,
         "threads": args.threads,
-        "machine": f"{platform.machine()} CPU ({platform.processor() or 'unknown'})",
+        "machine": _machine(),
         "torch": torch.__version__,
         "command": "python -m gm_skip_ros.training.train_demo " + " ".join(cmd_args),
     }
