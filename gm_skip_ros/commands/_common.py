@@ -42,6 +42,26 @@ def add_metric_arg(p: argparse.ArgumentParser) -> None:
                    help="greedy generation length per sample (default 16)")
 
 
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads of this process (default: torch's choice). On a "
+                   "machine shared with other busy processes use 1: torch's threads wait for "
+                   "each other and a search ran 90x slower with 2 threads than with 1")
+
+
+def apply_threads(args) -> None:
+    """Set torch's intra-op threads from ``--threads`` (None: leave torch's choice)."""
+    if args.threads is None:
+        return
+    import torch
+
+    from gm_skip_ros.errors import GmSkipError
+
+    if args.threads < 1:
+        raise GmSkipError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+
+
 def load_model(args, with_processor: bool = True):
     from gm_skip_ros.models import load_vlm
 

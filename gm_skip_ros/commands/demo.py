@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import time
 
-from gm_skip_ros.commands._common import quiet_transformers
-from gm_skip_ros.errors import GmSkipError
+from gm_skip_ros.commands._common import add_threads_arg, apply_threads, quiet_transformers
 
 
 def register(sub) -> None:
@@ -39,9 +38,7 @@ def register(sub) -> None:
     p.add_argument("--reps", type=int, default=15, help="latency repetitions per model")
     p.add_argument("--latency-tokens", type=int, default=8,
                    help="decode this many tokens per latency run (eos ignored)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch threads (default: torch's choice; use 1 on a machine shared "
-                        "with other busy processes)")
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
@@ -68,10 +65,7 @@ def run(args) -> int:
     from gm_skip_ros.search.plan import apply_plan, data_sha256, new_plan, write_pruned_model
 
     quiet_transformers()
-    if args.threads is not None:
-        if args.threads < 1:
-            raise GmSkipError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     t_all = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from gm_skip_ros.commands._common import (
-    add_data_args, add_metric_arg, add_model_args, data_info, load_data, load_model,
-    quiet_transformers,
+    add_data_args, add_metric_arg, add_model_args, add_threads_arg, apply_threads, data_info,
+    load_data, load_model, quiet_transformers,
 )
 
 
@@ -39,10 +39,7 @@ def register(sub) -> None:
                    help="evaluate every candidate on every sample")
     p.add_argument("--seed", type=int, default=0, help="seed recorded in the plan (default 0)")
     g = p.add_argument_group("speed (none of these changes the plan)")
-    g.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch threads of this process (default: torch's choice). On a "
-                   "machine shared with other busy processes use 1: torch's threads wait for "
-                   "each other and a search ran 90x slower with 2 threads than with 1")
+    add_threads_arg(g)
     g.add_argument("--plain", action="store_true",
                    help="reference search: generate() + a separate NLL forward per sample and "
                    "candidate, no caching, no batching, no early stopping")
@@ -84,10 +81,7 @@ def run(args) -> int:
     from gm_skip_ros.search.resume import fingerprint, load_state, save_state, state_path
 
     quiet_transformers()
-    if args.threads is not None:
-        if args.threads < 1:
-            raise GmSkipError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     torch.manual_seed(args.seed)
     metric = get_metric(args.metric)
     cfg = SearchConfig(
