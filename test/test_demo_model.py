@@ -154,3 +154,24 @@ def test_default_model_dir_finds_the_checkout_copy(monkeypatch):
     monkeypatch.delenv(demo.ENV_VAR, raising=False)
     found = demo.default_model_dir()
     assert found == Path(demo.__file__).resolve().parents[2] / "models" / "demo_vlm"
+
+
+def test_shipped_plan_belongs_to_the_shipped_model_and_prunes_it(demo_dir, tmp_path):
+    """models/demo_vlm.plan.json is `make demo`'s plan for this exact model: a retrained
+    model without a new plan is caught here (the plan records the weights' sha256)."""
+    import torch
+
+    from gm_skip_ros.models import load_vlm
+    from gm_skip_ros.search.plan import apply_plan, load_plan
+
+    plan_path = demo_dir.parent / "demo_vlm.plan.json"
+    plan = load_plan(plan_path)
+    vlm = load_vlm(demo_dir, dtype=torch.float32)
+    plan.check_model(vlm.identity())  # raises GmSkipError on any mismatch
+    removed = plan.removed_decoder
+    assert removed and 0 not in removed and 1 not in removed  # protect_first 2
+    apply_plan(vlm, plan)
+    assert len(vlm.decoder_blocks) == 12 - len(removed)
+    img, _ = _held_out()[0]
+    answer = _ask(vlm, img, S.PROMPTS["classify"], 6)
+    assert answer  # the pruned model still answers (quality: see the model card / README)
