@@ -156,7 +156,7 @@ def test_default_model_dir_finds_the_checkout_copy(monkeypatch):
     assert found == Path(demo.__file__).resolve().parents[2] / "models" / "demo_vlm"
 
 
-def test_shipped_plan_belongs_to_the_shipped_model_and_prunes_it(demo_dir, tmp_path):
+def test_shipped_plan_belongs_to_the_shipped_model_and_prunes_it(demo_dir):
     """models/demo_vlm.plan.json is `make demo`'s plan for this exact model: a retrained
     model without a new plan is caught here (the plan records the weights' sha256)."""
     import torch
