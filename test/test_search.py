@@ -91,6 +91,41 @@ def test_metrics():
         get_metric("bleu9")
 
 
+def test_registered_user_metric_keeps_per_sample_mean_by_path(tmp_path, monkeypatch):
+    """``--metric module:function`` of a @register_metric(per_sample_mean=True) function
+    must enable early stopping exactly as the registered name does."""
+    import sys
+
+    from gm_skip_ros.search import metrics
+
+    monkeypatch.setattr(metrics, "_REGISTRY", dict(metrics._REGISTRY))
+    (tmp_path / "gm_skip_user_metric.py").write_text(
+        "from gm_skip_ros.search.metrics import register_metric\n\n\n"
+        "@register_metric('user_mean', per_sample_mean=True)\n"
+        "def mean_metric(predictions, references, per_sample=False):\n"
+        "    s = [float(p in r) for p, r in zip(predictions, references)]\n"
+        "    return s if per_sample else sum(s) / len(s)\n\n\n"
+        "@register_metric('user_corpus')\n"
+        "def corpus_metric(predictions, references, per_sample=False):\n"
+        "    return 0.0\n\n\n"
+        "def bare(predictions, references, per_sample=False):\n"
+        "    return 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        by_path = get_metric("gm_skip_user_metric:mean_metric")
+        assert by_path.per_sample_mean is True
+        assert get_metric("user_mean").per_sample_mean is True
+        assert by_path(["a", "b"], [["a"], ["c"]], per_sample=True) == [1.0, 0.0]
+        assert get_metric("gm_skip_user_metric:corpus_metric").per_sample_mean is False
+        assert get_metric("user_corpus").per_sample_mean is False
+        assert get_metric("gm_skip_user_metric:bare").per_sample_mean is False
+    finally:
+        sys.modules.pop("gm_skip_user_metric", None)
+    # the built-ins carry it too
+    assert metrics.exact_match.per_sample_mean is True
+    assert metrics.cider_d.per_sample_mean is False
+
+
 def test_eligibility_is_reverse_order_with_protect_and_window():
     cfg = SearchConfig(protect_first=2, window=3)
     assert eligible_blocks(cfg, 8, 0, []) == [("decoder", 7), ("decoder", 6), ("decoder", 5)]
@@ -140,6 +175,9 @@ def test_early_stopping_does_not_change_the_plan(planted):
     fast = gm_skip_search(ev, SearchConfig(**kw, early_stop=True))
     slow = gm_skip_search(ev, SearchConfig(**kw, early_stop=False))
     assert [s.removed for s in fast.steps] == [s.removed for s in slow.steps]
+    # the committed steps' numbers too, not only which blocks (a winner is never cut short)
+    assert [(s.metric, s.nll) for s in fast.steps] == [(s.metric, s.nll) for s in slow.steps]
+    assert fast.operating_step == slow.operating_step
     assert fast.forward_passes < slow.forward_passes
     assert any(c.early_stopped for s in fast.steps for c in s.candidates)
 

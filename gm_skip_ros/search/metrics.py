@@ -134,6 +134,8 @@ _REGISTRY: dict[str, Metric] = {}
 
 def register_metric(name: str, per_sample_mean: bool = False, description: str = ""):
     def deco(fn: MetricFn) -> MetricFn:
+        # also on the function: ``--metric module:function`` imports it without the registry
+        fn.per_sample_mean = per_sample_mean
         _REGISTRY[name] = Metric(name, fn, per_sample_mean, description or (fn.__doc__ or "")
                                  .strip().split("\n")[0])
         return fn
