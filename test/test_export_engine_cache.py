@@ -40,7 +40,8 @@ class Builder:
 @pytest.mark.parametrize("field,value", [
     ("onnx_sha256", "b" * 64), ("precision", "fp32"), ("tensorrt_version", "10.14.1"),
     ("gpu_name", "NVIDIA Jetson Orin"), ("plan_sha256", None),
-    ("profile", {"x": [[1], [2], [8]]}), ("workspace_bytes", 2 << 30)])
+    ("profile", {"x": [[1], [2], [8]]}), ("workspace_bytes", 2 << 30),
+    ("weights_sha256", "w" * 64)])
 def test_key_changes_with_every_field(field, value):
     assert _key().digest() != _key(**{field: value}).digest()
     assert _key().filename() != _key(**{field: value}).filename()
@@ -138,9 +139,85 @@ def test_profiles_from_exported_graphs(tiny_llava_dir, tmp_path):
     from gm_skip_ros.export.tensorrt_builder import engine_keys
 
     keys = engine_keys(out, "fp16", tensorrt_version="10.13", gpu="H100", options=opts)
-    assert keys["decoder.onnx"].plan_sha256 == json.loads((out / "manifest.json").read_text())[
-        "plan_sha256"]
+    man = json.loads((out / "manifest.json").read_text())
+    assert keys["decoder.onnx"].plan_sha256 == man["plan_sha256"]
     assert keys["decoder.onnx"].digest() != keys["vision.onnx"].digest()
+    assert keys["decoder.onnx"].onnx_sha256 != keys["vision.onnx"].onnx_sha256
+    for g in ("decoder.onnx", "vision.onnx"):
+        assert keys[g].onnx_sha256 == man["files"][g]
+        assert keys[g].weights_sha256 and len(keys[g].weights_sha256) == 64
+
+
+def _rewrite_manifest(d, **changes):
+    mp = d / "manifest.json"
+    man = json.loads(mp.read_text())
+    man.update(changes)
+    mp.write_text(json.dumps(man))
+    return man
+
+
+def test_engine_key_names_the_weights(tiny_llava_dir, tmp_path):
+    """Same graph bytes, other weights -> another engine key (never a cache hit)."""
+    import shutil
+
+    import onnx
+
+    from gm_skip_ros.export.tensorrt_builder import engine_keys, external_data_files
+    from gm_skip_ros.io import sha256_file
+    from gm_skip_ros.models import load_vlm
+
+    torch.set_num_threads(1)
+    out = export_vlm(load_vlm(tiny_llava_dir), tmp_path / "onnx", exporter="torchscript")
+    assert external_data_files(out / "decoder.onnx") == []
+    opts = EC.ProfileOptions(max_seq=16, opt_seq=8, max_past=32, opt_past=8)
+
+    def keys(d):
+        return engine_keys(d, "fp16", tensorrt_version="10.13", gpu="H100", options=opts)
+
+    # 1. another model of the same architecture (manifest model identity differs)
+    other = tmp_path / "other_model"
+    shutil.copytree(out, other)
+    man = json.loads((out / "manifest.json").read_text())
+    _rewrite_manifest(other, model_identity={**man["model_identity"],
+                                             "weights_sha256": "f" * 64})
+    ka, kb = keys(out), keys(other)
+    for g in ("decoder.onnx", "vision.onnx"):
+        assert ka[g].onnx_sha256 == kb[g].onnx_sha256  # identical graph bytes...
+        assert ka[g].weights_sha256 != kb[g].weights_sha256  # ...other weights
+        assert ka[g].digest() != kb[g].digest() and ka[g].filename() != kb[g].filename()
+    ok, why = EC.validate(EC.store(tmp_path / "cache", ka["decoder.onnx"], b"E"),
+                          kb["decoder.onnx"])
+    assert not ok and "weights_sha256" in why
+
+    # 2. weights beside the .onnx (external data): same .onnx bytes, other data file
+    ext = []
+    for name, delta in (("ext_a", 0.0), ("ext_b", 1.0)):
+        d = tmp_path / name
+        shutil.copytree(out, d)
+        m = onnx.load(str(d / "decoder.onnx"))
+        for t in m.graph.initializer:
+            if t.data_type == onnx.TensorProto.FLOAT and delta:
+                arr = onnx.numpy_helper.to_array(t) + delta
+                t.CopyFrom(onnx.numpy_helper.from_array(arr, t.name))
+        onnx.save_model(m, str(d / "decoder.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="decoder.onnx.data",
+                        size_threshold=0)
+        files = dict(man["files"])
+        files["decoder.onnx"] = sha256_file(d / "decoder.onnx")
+        files["decoder.onnx.data"] = sha256_file(d / "decoder.onnx.data")
+        _rewrite_manifest(d, files=files)
+        ext.append(d)
+    assert (ext[0] / "decoder.onnx").read_bytes() == (ext[1] / "decoder.onnx").read_bytes()
+    assert external_data_files(ext[0] / "decoder.onnx") == ["decoder.onnx.data"]
+    ka, kb = keys(ext[0]), keys(ext[1])
+    assert ka["decoder.onnx"].onnx_sha256 == kb["decoder.onnx"].onnx_sha256
+    assert ka["decoder.onnx"].weights_sha256 != kb["decoder.onnx"].weights_sha256
+    assert ka["decoder.onnx"].digest() != kb["decoder.onnx"].digest()
+    assert ka["vision.onnx"] == kb["vision.onnx"]  # the vision graph and its weights are shared
+    # a modified data file is refused (manifest digest), not keyed and served
+    (ext[1] / "decoder.onnx.data").write_bytes(b"x" + (ext[1] / "decoder.onnx.data").read_bytes())
+    with pytest.raises(GmSkipError, match="sha256"):
+        keys(ext[1])
 
 
 def test_tensorrt_backend_refused_without_tensorrt(tiny_llava_dir):
@@ -170,4 +247,6 @@ def test_tensorrt_build_and_parity(tiny_llava_dir, tmp_path):
     import numpy as np
 
     img = np.zeros((32, 32, 3), np.uint8)
-    assert trt_b.generate(img, "what", 8).tokens == ref.generate(img, "what", 8).tokens
+    tokens = ref.generate(img, "what", 8).tokens
+    assert len(set(tokens)) > 1  # a constant sequence would make the parity check weak
+    assert trt_b.generate(img, "what", 8).tokens == tokens

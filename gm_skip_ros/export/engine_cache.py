@@ -1,6 +1,6 @@
 """A safe on-disk cache of TensorRT engines (plain Python; needs no TensorRT to test).
 
-An engine is only valid for the exact ONNX content, precision, TensorRT version, GPU,
+An engine is only valid for the exact ONNX content and weights, precision, TensorRT version, GPU,
 plan and optimisation profile it was built with. Each engine ``<graph>-<precision>-<digest>.engine``
 has a sidecar ``.json`` holding the full key and the engine's sha256. On lookup the sidecar
 must parse, its key must equal the wanted key field by field, and the engine bytes must hash
@@ -45,6 +45,10 @@ class EngineKey:
     plan_sha256: str | None
     profile: dict = field(default_factory=dict)
     workspace_bytes: int = 0
+    # the weights the graph computes with: model identity and external data files (an
+    # exporter that writes weights beside the .onnx leaves identical graph bytes for two
+    # models of one architecture, so onnx_sha256 alone does not identify the engine)
+    weights_sha256: str | None = None
 
     def __post_init__(self):
         check_precision(self.precision)

@@ -10,6 +10,8 @@ and is tested.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -50,18 +52,62 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name(torch.cuda.current_device())
 
 
+def external_data_files(onnx_path) -> list[str]:
+    """Relative paths of the external data files an ONNX graph's tensors point to."""
+    import onnx
+
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("g"):
+                    yield from tensors(a.g)
+                for g in a.graphs:
+                    yield from tensors(g)
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    out = set()
+    for t in tensors(m.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            out.update(e.value for e in t.external_data if e.key == "location")
+    return sorted(out)
+
+
+def weights_key(onnx_dir, graph: str, man: dict) -> str:
+    """sha256 naming the weights ``graph`` computes with: the manifest's model identity
+    (config and weights sha256) and the (manifest-verified) digests of the graph's external
+    data files. Graph bytes alone do not: with weights beside the .onnx, two models of one
+    architecture export byte-identical graphs."""
+    d = Path(onnx_dir)
+    files = man.get("files", {})
+    ext = {}
+    for rel in external_data_files(d / graph):
+        ext[rel] = files.get(rel) or sha256_file(d / rel)
+    ident = man.get("model_identity") or {}
+    parts = {"config_sha256": ident.get("config_sha256"),
+             "weights_sha256": ident.get("weights_sha256"), "external_data": ext}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 def engine_keys(onnx_dir, precision: str, *, tensorrt_version: str, gpu: str,
                 options: ProfileOptions = ProfileOptions(),
                 workspace_bytes: int = DEFAULT_WORKSPACE) -> dict[str, EngineKey]:
-    """The cache key of each graph's engine (ONNX content hash of the file as it is now)."""
+    """The cache key of each graph's engine: the graph's sha256 as verified against the
+    manifest, and the weights it uses (:func:`weights_key`), among the rest."""
     check_precision(precision)
     d = Path(onnx_dir)
-    man = read_manifest(d)
-    return {g: EngineKey(graph=g, onnx_sha256=sha256_file(d / g), precision=precision,
+    man = read_manifest(d)  # verifies every file's sha256 against the manifest
+    files = man.get("files", {})
+    return {g: EngineKey(graph=g, onnx_sha256=files.get(g) or sha256_file(d / g),
+                         precision=precision,
                          tensorrt_version=tensorrt_version, gpu_name=gpu,
                          plan_sha256=man.get("plan_sha256"),
                          profile=profile_from_onnx(d / g, options),
-                         workspace_bytes=int(workspace_bytes))
+                         workspace_bytes=int(workspace_bytes),
+                         weights_sha256=weights_key(d, g, man))
             for g in GRAPH_FILES}
 
 
