@@ -7,8 +7,10 @@ from gm_skip_ros.data.image_conversion import (
     SUPPORTED_ENCODINGS,
     ImageConversionError,
     bytes_per_pixel,
+    compressed_size,
     compressed_to_rgb,
     raw_to_rgb,
+    validate_raw,
 )
 
 
@@ -111,20 +113,43 @@ def test_every_supported_encoding_converts():
         assert out.shape == (2, 4, 3) and out.dtype == np.uint8, enc
 
 
-@pytest.mark.parametrize("kwargs,reason", [
+BAD_FRAMES = [
     (dict(height=2, width=2, encoding="rgb42", step=6, data=bytes(12)), "unknown_encoding"),
     (dict(height=2, width=2, encoding="rgb8", step=6, data=bytes(11)), "short_data"),
     (dict(height=2, width=2, encoding="rgb8", step=5, data=bytes(12)), "bad_step"),
+    # step too small although data is long enough: rows would be read at the wrong offsets
+    (dict(height=48, width=64, encoding="rgb8", step=10, data=bytes(48 * 64 * 3)), "bad_step"),
     (dict(height=0, width=2, encoding="rgb8", step=6, data=b""), "empty"),
     (dict(height=2, width=0, encoding="rgb8", step=0, data=b""), "empty"),
     (dict(height=2, width=3, encoding="uyvy", step=6, data=bytes(12)), "bad_step"),
     (dict(height=5000, width=5000, encoding="mono8", step=5000, data=b""), "too_large"),
-])
+]
+
+
+@pytest.mark.parametrize("kwargs,reason", BAD_FRAMES)
 def test_bad_frames_raise_with_reason(kwargs, reason):
     with pytest.raises(ImageConversionError) as info:
         raw_to_rgb(is_bigendian=False, max_pixels=1_000_000, **kwargs)
     assert info.value.reason == reason
     assert str(info.value)
+
+
+@pytest.mark.parametrize("kwargs,reason", BAD_FRAMES)
+def test_validate_raw_refuses_every_bad_frame_raw_to_rgb_refuses(kwargs, reason):
+    """The one validation the node runs before cv_bridge as well: same frames, same reasons."""
+    data = kwargs.pop("data")
+    with pytest.raises(ImageConversionError) as info:
+        validate_raw(data_len=len(data), max_pixels=1_000_000, **kwargs)
+    assert info.value.reason == reason
+
+
+def test_validate_raw_bad_step_with_enough_data():
+    # 64 px of rgb8 need 192 bytes a row; step 100 is refused even with plenty of data
+    with pytest.raises(ImageConversionError, match="step 100 is smaller than") as info:
+        validate_raw(48, 64, "rgb8", 100, 48 * 192 * 2)
+    assert info.value.reason == "bad_step"
+    assert validate_raw(48, 64, "rgb8", 192, 48 * 192) == 192  # row bytes of a good frame
+    assert validate_raw(48, 64, "bgra8", 300, 48 * 300) == 256  # padding allowed
 
 
 def test_compressed_jpeg_and_png(rgb):
@@ -148,4 +173,51 @@ def test_compressed_errors(rgb):
     assert info.value.reason == "empty"
     with pytest.raises(ImageConversionError) as info:
         compressed_to_rgb("jpeg", jpg.tobytes(), max_pixels=10)
+    assert info.value.reason == "too_large"
+
+
+def _blank_png(width: int, height: int) -> bytes:
+    """A PNG of a large size but few bytes (1-bit, all black)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("1", (width, height)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_compressed_too_large_is_refused_from_the_header_before_decoding(monkeypatch):
+    png = _blank_png(8000, 8000)
+    assert len(png) < 2_000_000  # small on the wire, 192 MB once decoded to RGB
+    assert compressed_size(png) == (8000, 8000)
+    decoded = []
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: decoded.append(a) or None)
+    with pytest.raises(ImageConversionError, match="8000x8000") as info:
+        compressed_to_rgb("png", png, max_pixels=1_000_000)
+    assert info.value.reason == "too_large"
+    assert decoded == []  # refused without decoding
+
+
+def test_compressed_size_of_undecodable_bytes_is_left_to_the_decoder():
+    assert compressed_size(b"not an image at all") is None
+    with pytest.raises(ImageConversionError) as info:
+        compressed_to_rgb("png", b"not an image at all")
+    assert info.value.reason == "corrupt_compressed"
+
+
+def test_compressed_header_pil_calls_a_bomb_is_too_large():
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    # only a header: 60000 x 60000 pixels, beyond even PIL's decompression-bomb limit
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+           + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+    with pytest.raises(ImageConversionError) as info:
+        compressed_to_rgb("png", png, max_pixels=1_000_000_000)
     assert info.value.reason == "too_large"

@@ -87,14 +87,17 @@ def bytes_per_pixel(encoding: str) -> float:
     )
 
 
-def raw_to_rgb(height: int, width: int, encoding: str, is_bigendian: bool, step: int,
-               data, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Convert the fields of a ``sensor_msgs/Image`` into a (height, width, 3) uint8 RGB array.
+def validate_raw(height: int, width: int, encoding: str, step: int, data_len: int,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """Every check a ``sensor_msgs/Image`` must pass before any conversion, in one place.
 
-    ``data`` is any bytes-like object (bytes, bytearray, memoryview, array.array or a uint8
-    numpy array). The result never aliases ``data``.
+    Size (zero or more than ``max_pixels``), known ``encoding``, ``step`` of at least
+    ``width * bytes_per_pixel`` and ``data_len`` (bytes of ``data``) of at least
+    ``height * step``. Raises :class:`ImageConversionError`; returns the bytes of pixels in
+    a row (``width * bytes_per_pixel``). Called by :func:`raw_to_rgb` and by the node
+    before it hands a frame to cv_bridge, so neither path lets a bad frame through.
     """
-    height, width, step = int(height), int(width), int(step)
+    height, width, step, data_len = int(height), int(width), int(step), int(data_len)
     check_size(height, width, max_pixels)
     bpp = bytes_per_pixel(encoding)
     row_bytes = int(width * bpp)
@@ -102,11 +105,26 @@ def raw_to_rgb(height: int, width: int, encoding: str, is_bigendian: bool, step:
         raise ImageConversionError(
             "bad_step", f"step {step} is smaller than width*bytes_per_pixel = {row_bytes} "
             f"for {encoding} {width}x{height}")
-    buf = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-    if buf.size < height * step:
+    if data_len < height * step:
         raise ImageConversionError(
-            "short_data", f"data has {buf.size} bytes, fewer than height*step = "
+            "short_data", f"data has {data_len} bytes, fewer than height*step = "
             f"{height}*{step} = {height * step}")
+    if encoding.lower() in _YUV422 and width % 2:
+        raise ImageConversionError(
+            "bad_step", f"4:2:2 images need an even width, got {width}")
+    return row_bytes
+
+
+def raw_to_rgb(height: int, width: int, encoding: str, is_bigendian: bool, step: int,
+               data, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Convert the fields of a ``sensor_msgs/Image`` into a (height, width, 3) uint8 RGB array.
+
+    ``data`` is any bytes-like object (bytes, bytearray, memoryview, array.array or a uint8
+    numpy array). The result never aliases ``data``. Checked by :func:`validate_raw` first.
+    """
+    height, width, step = int(height), int(width), int(step)
+    buf = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+    row_bytes = validate_raw(height, width, encoding, step, buf.size, max_pixels)
     rows = buf[: height * step].reshape(height, step)[:, :row_bytes]
     enc = encoding.lower()
     if enc in _YUV422:
@@ -127,9 +145,6 @@ def raw_to_rgb(height: int, width: int, encoding: str, is_bigendian: bool, step:
 
 
 def _yuv422_to_rgb(rows: np.ndarray, height: int, width: int, offsets) -> np.ndarray:
-    if width % 2:
-        raise ImageConversionError(
-            "bad_step", f"4:2:2 images need an even width, got {width}")
     macro = rows.reshape(height, width // 2, 4).astype(np.int32)
     y0, u, y1, v = (macro[:, :, i] for i in offsets)
     y = np.empty((height, width), np.int32)
@@ -147,6 +162,25 @@ def _yuv422_to_rgb(rows: np.ndarray, height: int, width: int, offsets) -> np.nda
     return np.clip(np.stack([r, g, b], axis=2), 0, 255).astype(np.uint8)
 
 
+def compressed_size(data) -> tuple[int, int] | None:
+    """(width, height) read from the header of a compressed image without decoding it;
+    None when PIL cannot identify it (the decoder then has the last word). Raises
+    ImageConversionError ``too_large`` for a header PIL itself calls a decompression bomb."""
+    import io
+
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        return None
+    try:
+        with Image.open(io.BytesIO(memoryview(data).cast("B"))) as im:
+            return int(im.width), int(im.height)
+    except Image.DecompressionBombError as exc:  # > 2 * PIL.Image.MAX_IMAGE_PIXELS
+        raise ImageConversionError("too_large", f"compressed image header: {exc}") from None
+    except Exception:  # noqa: BLE001 - unidentified or corrupt header: let the decoder decide
+        return None
+
+
 def compressed_to_rgb(fmt: str, data, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode the ``data`` of a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...) to RGB.
 
@@ -155,6 +189,10 @@ def compressed_to_rgb(fmt: str, data, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
     buf = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
     if buf.size == 0:
         raise ImageConversionError("empty", f"compressed image ({fmt or 'no format'}) has no data")
+    # refuse an oversized frame from its header, before decoding allocates width*height*3
+    size = compressed_size(buf)
+    if size is not None:
+        check_size(size[1], size[0], max_pixels)
     rgb = None
     try:
         import cv2
