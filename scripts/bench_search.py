@@ -108,7 +108,6 @@ def main(argv=None) -> int:
         with RayRunner(vlm.model_dir, samples, args.metric, address="local", workers=n,
                        device=args.device, threads=args.threads,
                        ev_kwargs=fast_kw, expected_identity=vlm.identity(),
-                       per_sample_mean=metric.per_sample_mean,
                        split=args.ray_split) as runner:
             startup = time.perf_counter() - t0
             res = gm_skip_search(fe, SearchConfig(**base), runner=runner)

@@ -260,6 +260,8 @@ def test_cli_resume_and_refusals(planted, planted_dir, tmp_path, capsys, monkeyp
     assert cli_main([*args2, "--out", str(plan), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot resume" in err and "data" in err and len(err.splitlines()) == 1
+    # the specific differing field, not the generic "model, data and options" advice
+    assert f"the data.num_samples differs (saved {len(samples)}, now 5)" in err
 
     # resumed (plain evaluator this time: speed options may change) = uninterrupted
     assert cli_main([*common, "--out", str(plan), "--resume", "--plain"]) == 0
@@ -324,3 +326,93 @@ def test_ray_search_gives_the_single_process_plan(planted, planted_dir, tmp_path
                 if not (ca["early_stopped"] or cb["early_stopped"]):
                     assert ca["metric"] == cb["metric"]
         assert b["steps"][1]["speedups"]["ray_workers"] == 2
+
+
+class _FakeRay:
+    """Just enough of the ray API to run RayRunner's actors in this process (no cluster)."""
+
+    class _Ref:
+        def __init__(self, value):
+            self.value = value
+
+    class _Method:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def remote(self, *a, **k):
+            return _FakeRay._Ref(self.fn(*a, **k))
+
+    class _Actor:
+        def __init__(self, inst):
+            self._inst = inst
+
+        def __getattr__(self, name):
+            return _FakeRay._Method(getattr(self._inst, name))
+
+    class _ActorClass:
+        def __init__(self, cls):
+            self.cls = cls
+
+        def options(self, **_):
+            return self
+
+        def remote(self, *a):
+            return _FakeRay._Actor(self.cls(*[_FakeRay._unref(x) for x in a]))
+
+    exceptions = type("E", (), {"RayError": RuntimeError})
+
+    @staticmethod
+    def _unref(x):
+        return x.value if isinstance(x, _FakeRay._Ref) else x
+
+    def is_initialized(self):
+        return True
+
+    def cluster_resources(self):
+        return {"CPU": 2}
+
+    def put(self, x):
+        return self._Ref(x)
+
+    def get(self, refs):
+        return [self._unref(r) for r in refs] if isinstance(refs, list) else self._unref(refs)
+
+    def wait(self, refs, num_returns=1):
+        return refs[:num_returns], refs[num_returns:]
+
+    def remote(self, cls):
+        return self._ActorClass(cls)
+
+    def kill(self, actor):
+        pass
+
+
+@pytest.mark.parametrize("split", ["samples", "candidates"])
+def test_ray_runner_takes_per_sample_mean_from_the_metric(planted, planted_dir, split,
+                                                          monkeypatch):
+    """cider is not a mean of per-sample scores: the runner must not early-stop it nor merge
+    shards as a per-sample mean (it once defaulted to per_sample_mean=True and the sample
+    split then iterated over the workers' per_sample=None)."""
+    import inspect
+
+    from gm_skip_ros.search.distributed import RayRunner
+
+    assert "per_sample_mean" not in inspect.signature(RayRunner).parameters
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay())
+    _, samples = planted
+    samples = samples[:6]
+    vlm = load_vlm(planted_dir)
+    kw = dict(KW, metric="cider", max_steps=2, min_relative_metric=0.0)
+    ev_kw = dict(max_new_tokens=3, batch_size=4)
+    ref = gm_skip_search(FastEvaluator(vlm, samples, get_metric("cider"), **ev_kw),
+                         SearchConfig(**kw, early_stop=True))
+    with RayRunner(planted_dir, samples, "cider", workers=2, ev_kwargs=ev_kw,
+                   expected_identity=vlm.identity(), split=split) as runner:
+        assert runner.per_sample_mean is False
+        got = gm_skip_search(FastEvaluator(vlm, samples, get_metric("cider"), **ev_kw),
+                             SearchConfig(**kw, early_stop=True), runner=runner)
+    assert not any(c.early_stopped for s in got.steps for c in s.candidates)
+    _same_plan(ref, got, exact_nll=False)
+    with RayRunner(planted_dir, samples, "exact_match", workers=2, ev_kwargs=ev_kw,
+                   split=split) as runner:
+        assert runner.per_sample_mean is True

@@ -128,7 +128,7 @@ def run(args) -> int:
             load_kwargs=dict(trust_remote_code=args.trust_remote_code,
                              decoder_path=args.decoder_path, vision_path=args.vision_path),
             ev_kwargs=ev_kwargs, plain=args.plain, expected_identity=vlm.identity(),
-            per_sample_mean=metric.per_sample_mean, split=args.ray_split)
+            split=args.ray_split)
         print(f"Ray: {runner.workers} workers ready in {runner.startup_s:.1f} s")
     bar = tqdm(desc="gm-skip search", unit="cand", leave=False)
 

@@ -108,13 +108,14 @@ class RayRunner:
     workers: number of actors (default: one per GPU, or one per ``threads`` CPUs).
     split: "candidates" (each actor evaluates whole candidates) or "samples" (each actor
     holds a shard of the samples; every candidate runs on all shards).
+    Early stopping and the per-sample merge follow ``get_metric(metric).per_sample_mean``.
     """
 
     def __init__(self, model_dir, samples: Sequence, metric: str, *, address: str = "local",
                  workers: int | None = None, device: str = "cpu", threads: int = 1,
                  load_kwargs: dict | None = None, ev_kwargs: dict | None = None,
                  plain: bool = False, expected_identity: dict | None = None,
-                 per_sample_mean: bool = True, split: str = "candidates"):
+                 split: str = "candidates"):
         if split not in ("candidates", "samples"):
             raise GmSkipError(f"--ray-split must be candidates or samples, got {split!r}")
         try:
@@ -122,8 +123,12 @@ class RayRunner:
         except ImportError:
             raise GmSkipError("--ray-address needs the ray package: pip install 'ray[default]'"
                               ) from None
+        from gm_skip_ros.search.metrics import get_metric
+
         self.ray = ray
-        self.per_sample_mean = per_sample_mean
+        # from the metric itself, as the evaluators do: a metric that is not a mean of
+        # per-sample scores (cider) gets no early stopping and no per-sample merge
+        self.per_sample_mean = get_metric(metric).per_sample_mean
         self.split = split
         self.metric = metric
         self.samples = list(samples)
