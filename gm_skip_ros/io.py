@@ -6,16 +6,41 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where possible: os.umask can only be read by
+    setting it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same directory and rename.
+
+    The file gets the mode an ordinary ``open(path, "w")`` would (0o666 less the umask),
+    not mkstemp's private 0o600, so other users (a ROS node) can read what was written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -40,21 +65,31 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``path`` in one rename.
 
-    On error the temporary directory is removed and ``path`` is left as it was.
+    The directory gets the mode ``mkdir`` would give it (0o777 less the umask), not
+    mkdtemp's private 0o700, so exports and models are readable by other users.
+    On error the temporary directory is removed and ``path`` is left as it was; an existing
+    ``path`` is moved aside under a unique name (two writers never collide) and moved back
+    if the new directory cannot be put in its place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
         if path.exists():
             if not overwrite:
                 raise FileExistsError(path)
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+            old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                # put the previous directory back (if another writer's directory took the
+                # place meanwhile, ``old`` stays beside it rather than being deleted)
+                with contextlib.suppress(OSError):
+                    os.replace(old, path)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)

@@ -673,9 +673,6 @@ def save(out: Path, model, processor, report: dict) -> None:
         processor.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(report))
         (tmp / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private; the model is shipped and installed
-        for f in tmp.iterdir():
-            f.chmod(0o644)
     model.to(torch.float32)
 
 
