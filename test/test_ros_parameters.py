@@ -37,6 +37,18 @@ def test_schema_is_valid_draft7_and_strict():
             assert prop["enum"] == list(p.choices)
         if p.minimum is not None:
             assert prop["minimum"] == p.minimum and prop["maximum"] == p.maximum
+        if p.nonblank:
+            assert prop["minLength"] == 1 and prop["pattern"] == "\\S"
+    assert P.BY_NAME["prompt"].nonblank
+
+
+@pytest.mark.parametrize("prompt", ["x", "  What is ahead?  ", "\u00e9"])
+def test_schema_accepts_what_validation_accepts_for_prompt(prompt):
+    doc = yaml.safe_load(PARAM_FILE.read_text())
+    doc["/**"]["ros__parameters"]["prompt"] = prompt
+    jsonschema.validate(doc, _load_schema())
+    values = dict(doc["/**"]["ros__parameters"], model_dir="/m")
+    assert P.validate(values)["prompt"] == prompt
 
 
 def test_param_file_matches_table_and_validates_against_schema():
@@ -53,7 +65,7 @@ def test_param_file_matches_table_and_validates_against_schema():
     ("backend", "tensorflow"), ("device", "tpu"), ("precision", "fp8"),
     ("max_new_tokens", 0), ("max_new_tokens", 5000), ("max_inference_rate_hz", -1.0),
     ("latency_budget_ms", 0.0), ("num_threads", -2), ("use_compressed_image", "yes"),
-    ("extra_parameter", 1),
+    ("extra_parameter", 1), ("prompt", ""), ("prompt", "   "), ("prompt", "\t\n"),
 ])
 def test_schema_rejects_what_validation_rejects(name, value):
     doc = yaml.safe_load(PARAM_FILE.read_text())

@@ -24,7 +24,9 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "gm_skip.schema.j
 class Param:
     """One parameter: ``type`` is ``str``, ``int``, ``float`` or ``bool``; ``minimum`` /
     ``maximum`` are inclusive; ``choices`` lists the allowed values of a string;
-    ``read_only`` parameters can only be set at start (paths, backend, subscriptions)."""
+    ``read_only`` parameters can only be set at start (paths, backend, subscriptions);
+    ``nonblank`` strings must contain a non-whitespace character (schema: ``"pattern":
+    "\\S"``)."""
 
     name: str
     type: type
@@ -34,6 +36,7 @@ class Param:
     minimum: float | int | None = None
     maximum: float | int | None = None
     read_only: bool = True
+    nonblank: bool = False
 
 
 PARAMETERS: tuple[Param, ...] = (
@@ -58,7 +61,8 @@ PARAMETERS: tuple[Param, ...] = (
           "CPU threads of the backend's intra-op pool. 0: the library's default.",
           minimum=0, maximum=256),
     Param("prompt", str, "Describe the scene.",
-          "Prompt sent with every frame.", read_only=False),
+          "Prompt sent with every frame; not empty or only whitespace.", read_only=False,
+          nonblank=True),
     Param("max_new_tokens", int, 16,
           "Upper bound on the tokens generated per frame.", minimum=1, maximum=1024,
           read_only=False),
@@ -117,8 +121,9 @@ def check_value(name: str, value: Any) -> Any:
         raise GmSkipError(f"parameter {name} must be >= {p.minimum}; got {value!r}")
     if p.maximum is not None and value > p.maximum:
         raise GmSkipError(f"parameter {name} must be <= {p.maximum}; got {value!r}")
-    if name == "prompt" and not value.strip():
-        raise GmSkipError("parameter prompt must not be empty")
+    if p.nonblank and not value.strip():
+        raise GmSkipError(f"parameter {name} must not be empty or only whitespace; "
+                          f"got {value!r}")
     return value
 
 
@@ -173,8 +178,9 @@ def json_schema() -> dict:
             prop["minimum"] = p.minimum
         if p.maximum is not None:
             prop["maximum"] = p.maximum
-        if p.name == "prompt":
+        if p.nonblank:
             prop["minLength"] = 1
+            prop["pattern"] = "\\S"  # a non-whitespace character somewhere (as check_value)
         props[p.name] = prop
     return {
         "$schema": "http://json-schema.org/draft-07/schema#",
