@@ -148,6 +148,42 @@ def test_bad_indices_are_refused():
     assert len(resolve_blocks(m, fam.decoder_path, "decoder")) == 4
 
 
+def _layout(m, fam):
+    dec = resolve_blocks(m, fam.decoder_path, "decoder")
+    vis = resolve_blocks(m, fam.vision_path, "vision")
+    idx = [getattr(getattr(b, "self_attn", None), "layer_idx", None) for b in dec]
+    return (len(dec), len(vis), [id(b) for b in dec], [id(b) for b in vis], idx,
+            m.config.text_config.num_hidden_layers,
+            getattr(m.config.vision_config, fam.vision_count_key))
+
+
+def test_invalid_vision_list_leaves_the_model_unchanged():
+    """A valid decoder list with an invalid vision list must fail before any change."""
+    m = tiny_model("llava", n_layers=4, n_vision_layers=4)
+    fam = family_for_model_type("llava")
+    before = _layout(m, fam)
+    feature_layer = m.config.vision_feature_layer
+    assert before[0] == 4 and before[5] == 4
+    with pytest.raises(GmSkipError, match="out of range"):
+        remove_blocks(m, fam, decoder=[1], vision=[7])
+    assert _layout(m, fam) == before
+    assert m.config.vision_feature_layer == feature_layer
+    remove_blocks(m, fam, decoder=[1], vision=[])  # the model is still whole and usable
+    assert _layout(m, fam)[0] == 3 and m.config.text_config.num_hidden_layers == 3
+
+    # a deepstack tap with no block left before it: refused after the decoder list passed
+    q3 = tiny_model("qwen3_vl", n_layers=4, n_vision_layers=4)
+    q3.config.vision_config.deepstack_visual_indexes = [0, 3]
+    q3.model.visual.deepstack_visual_indexes = [0, 3]
+    fam3 = family_for_model_type("qwen3_vl")
+    before = _layout(q3, fam3)
+    with pytest.raises(GmSkipError, match="deepstack_visual_indexes"):
+        remove_blocks(q3, fam3, decoder=[2], vision=[0])
+    assert _layout(q3, fam3) == before
+    assert q3.config.vision_config.deepstack_visual_indexes == [0, 3]
+    assert q3.model.visual.deepstack_visual_indexes == [0, 3]
+
+
 def test_unknown_architecture_names_the_families_and_the_manual_path():
     with pytest.raises(GmSkipError) as err:
         family_for_model_type("blip_2")

@@ -106,38 +106,51 @@ class _Rebuilder:
 
     def apply(self, base: _State, decoder_removed: Sequence[int],
               vision_removed: Sequence[int]) -> None:
-        """Rebuild from ``base`` (the unmasked state) without the given blocks."""
+        """Rebuild from ``base`` (the unmasked state) without the given blocks.
+
+        Every index and every remap is checked before the model is touched: a GmSkipError
+        leaves the model exactly as it was.
+        """
+        # 1. validate and compute everything
         n_dec = len(base.decoder)
         dec_rm = set(_check_indices(decoder_removed, n_dec, "decoder"))
         kept = [b for i, b in enumerate(base.decoder) if i not in dec_rm]
-        set_path(self.model, self.family.decoder_path, torch.nn.ModuleList(kept))
-        _renumber(kept)
-        self.text_cfg.num_hidden_layers = len(kept)
-        for name, values in base.text_attrs.items():
-            if name != "num_hidden_layers" and len(values) == n_dec:
-                setattr(self.text_cfg, name, [v for i, v in enumerate(values) if i not in dec_rm])
-        self.decoder_list = get_path(self.model, self.family.decoder_path)
-
+        text_lists = {name: [v for i, v in enumerate(values) if i not in dec_rm]
+                      for name, values in base.text_attrs.items()
+                      if name != "num_hidden_layers" and len(values) == n_dec}
         if base.vision is None:
             if vision_removed:
                 raise GmSkipError(f"family {self.family.name} has no vision block path; "
                                   "pass --vision-path to skip vision blocks")
+        else:
+            n_vis = len(base.vision)
+            vis_rm = set(_check_indices(vision_removed, n_vis, "vision"))
+            vkept = [b for i, b in enumerate(base.vision) if i not in vis_rm]
+            vision_lists = {name: self._remap_index_list(name, base.vision_attrs[name], vis_rm)
+                            for name in self.family.vision_index_lists}
+            if "vision_feature_layer" in base.top_attrs:
+                feature_layer = self._remap_feature_layer(
+                    base.top_attrs["vision_feature_layer"], n_vis, vis_rm)
+
+        # 2. change the model
+        set_path(self.model, self.family.decoder_path, torch.nn.ModuleList(kept))
+        _renumber(kept)
+        self.text_cfg.num_hidden_layers = len(kept)
+        for name, values in text_lists.items():
+            setattr(self.text_cfg, name, values)
+        self.decoder_list = get_path(self.model, self.family.decoder_path)
+        if base.vision is None:
             return
-        n_vis = len(base.vision)
-        vis_rm = set(_check_indices(vision_removed, n_vis, "vision"))
-        vkept = [b for i, b in enumerate(base.vision) if i not in vis_rm]
         set_path(self.model, self.family.vision_path, torch.nn.ModuleList(vkept))
         _renumber(vkept)
         self.vision_list = get_path(self.model, self.family.vision_path)
         setattr(self.vision_cfg, self.family.vision_count_key, len(vkept))
-        for name in self.family.vision_index_lists:
-            new = self._remap_index_list(name, base.vision_attrs[name], vis_rm)
+        for name, new in vision_lists.items():
             setattr(self.vision_cfg, name, new)
             if name in base.vision_module_attrs:
                 setattr(self.vision_module, name, list(new))
         if "vision_feature_layer" in base.top_attrs:
-            self.model.config.vision_feature_layer = self._remap_feature_layer(
-                base.top_attrs["vision_feature_layer"], n_vis, vis_rm)
+            self.model.config.vision_feature_layer = feature_layer
 
     def _remap_index_list(self, name: str, values: list[int], removed: set[int]) -> list[int]:
         if name == "fullatt_block_indexes":
