@@ -17,6 +17,7 @@ from gm_skip_ros.data.sample import Sample
 from gm_skip_ros.errors import GmSkipError
 from gm_skip_ros.models import load_vlm
 from gm_skip_ros.search.evaluate import Evaluator
+from gm_skip_ros.search.fast import FastEvaluator
 from gm_skip_ros.search.greedy import (
     SearchConfig, block_influence_order, drop_last_order, eligible_blocks, gm_skip_search,
     sleb_order,
@@ -231,6 +232,52 @@ def test_cli_search_apply_eval_compare(planted, planted_dir, tmp_path, capsys):
     drop3 = next(p for p in res["curves"]["drop_last"] if p["k"] == 3)["metric"]
     assert gm3 == 1.0 and drop3 < gm3
     assert (cmp_dir / "compare.png").stat().st_size > 1000
+    # compare's fast evaluators (one shared mask) score exactly as a plain Evaluator
+    from gm_skip_ros.data import open_dataset
+
+    held = open_dataset(data, split="heldout", holdout_fraction=0.5)
+    plain = Evaluator(load_vlm(planted_dir), held, get_metric("exact_match"), max_new_tokens=3)
+    for name in ("gm_skip", "drop_last"):
+        for p in res["curves"][name]:
+            r = plain.evaluate(decoder_skip=[int(b.split(":")[1]) for b in p["removed"]])
+            assert p["metric"] == r.score, (name, p["k"])
+            assert p["nll"] == pytest.approx(r.nll, rel=1e-5), (name, p["k"])
+
+
+def test_evaluators_of_one_model_share_one_mask(planted, tiny_llava_dir):
+    vlm, samples = planted
+    metric = get_metric("exact_match")
+    a = Evaluator(vlm, samples[:2], metric, max_new_tokens=3)
+    full = a.evaluate()
+    with a.mask.skipping(decoder=[3]):
+        # made while a skip is active: a mask of its own would take the pruned model as
+        # its "unmasked" base; the shared one knows the original blocks
+        b = FastEvaluator(vlm, samples[2:4], metric, max_new_tokens=3, mask=a.mask)
+        c = Evaluator(vlm, samples[:2], metric, max_new_tokens=3, mask=a.mask)
+    assert b.mask is a.mask and c.mask is a.mask
+    assert a.mask.skipped == ((), ())
+    assert c.evaluate().nll == full.nll
+    assert c.evaluate(decoder_skip=[3]).nll != full.nll
+    other = load_vlm(tiny_llava_dir)
+    with pytest.raises(ValueError, match="another model"):
+        Evaluator(other, samples[:1], metric, mask=a.mask)
+
+
+def test_fast_evaluator_describes_what_it_does(planted, monkeypatch):
+    vlm, samples = planted
+    metric = get_metric("exact_match")
+    ev = FastEvaluator(vlm, samples[:2], metric, max_new_tokens=3, batch_size=4)
+    assert ev.describe() == {"mode": "fast", "vision_cache": True, "prefix_reuse": True,
+                             "batch_size": 4, "batch_padding": False}
+    ev = FastEvaluator(vlm, samples[:2], metric, max_new_tokens=3, cache_vision=False,
+                       prefix_reuse=False, pad=True)
+    assert ev.describe() == {"mode": "fast", "vision_cache": False, "prefix_reuse": False,
+                             "batch_size": 8, "batch_padding": True}
+    # asked for, but the model cannot take cached features: reported off
+    monkeypatch.setattr(vlm.model, "_supports_mm_encoder_outputs", lambda: False,
+                        raising=False)
+    ev = FastEvaluator(vlm, samples[:2], metric, max_new_tokens=3, cache_vision=True)
+    assert ev.describe()["vision_cache"] is False
 
 
 def test_plan_refused_for_another_model(planted, tiny_llava_dir, tmp_path, capsys):

@@ -30,7 +30,7 @@ def run(args) -> int:
 
     from gm_skip_ros.io import atomic_write_text
     from gm_skip_ros.search.compare import compare_methods, format_table, plot_curves, save_result
-    from gm_skip_ros.search.evaluate import Evaluator
+    from gm_skip_ros.search.fast import FastEvaluator
     from gm_skip_ros.search.metrics import get_metric
     from gm_skip_ros.search.plan import load_plan
 
@@ -44,9 +44,10 @@ def run(args) -> int:
     max_k = args.max_k if args.max_k is not None else len(plan.steps) - 1
     protect = args.protect_first if args.protect_first is not None else \
         int(plan.data["search"].get("protect_first", 1))
-    calib_ev = Evaluator(vlm, calib, metric, max_new_tokens=args.max_new_tokens)
-    eval_ev = Evaluator(vlm, held, metric, max_new_tokens=args.max_new_tokens)
-    eval_ev.mask = calib_ev.mask  # one mask per model
+    # the exact speed-ups (vision cache, batching of equal shapes): Evaluator's numbers
+    calib_ev = FastEvaluator(vlm, calib, metric, max_new_tokens=args.max_new_tokens)
+    eval_ev = FastEvaluator(vlm, held, metric, max_new_tokens=args.max_new_tokens,
+                            mask=calib_ev.mask)  # one mask per model
     result = compare_methods(plan, calib_ev, eval_ev, list(range(0, max_k + 1)), protect)
     out = Path(args.out)
     table = format_table(result, args.metric)

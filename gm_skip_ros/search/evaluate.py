@@ -54,10 +54,17 @@ class EvalResult:
 
 
 class Evaluator:
-    """Evaluate skip configurations of one loaded model on a fixed sample list."""
+    """Evaluate skip configurations of one loaded model on a fixed sample list.
+
+    mask: the :class:`SkipMask` of ``vlm.model`` to switch (default: a new one). Several
+    evaluators of one model (calibration and held-out sets) must share one mask: a second
+    mask would snapshot the model as the first one left it, and the two would undo each
+    other's skips.
+    """
 
     def __init__(self, vlm: LoadedVLM, samples: Sequence[Sample], metric: Metric,
-                 max_new_tokens: int = 16, secondary: str = "nll", progress=None):
+                 max_new_tokens: int = 16, secondary: str = "nll", progress=None, *,
+                 mask: SkipMask | None = None):
         if not samples:
             raise GmSkipError("the data set is empty: nothing to evaluate on; check the path, "
                               "the split and the topic names")
@@ -67,7 +74,10 @@ class Evaluator:
         self.metric = metric
         self.max_new_tokens = max_new_tokens
         self.secondary = secondary
-        self.mask = SkipMask(vlm.model, vlm.family)
+        if mask is not None and getattr(getattr(mask, "_rb", None), "model", None) \
+                is not vlm.model:
+            raise ValueError("mask belongs to another model than the evaluator's")
+        self.mask = mask if mask is not None else SkipMask(vlm.model, vlm.family)
         self.tokenizer = getattr(vlm.processor, "tokenizer", vlm.processor)
         self.samples = list(samples)
         self.forward_passes = 0

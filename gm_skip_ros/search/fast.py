@@ -170,13 +170,15 @@ class FastEvaluator(Evaluator):
     within rounding). Off by default.
     prefix_budget_mb: the capture of a step is skipped (no prefix reuse at that step) when
     it would hold more than this many MB of hidden states and KV entries.
+    mask: share another evaluator's :class:`SkipMask` of the same model (see Evaluator).
     """
 
     def __init__(self, vlm, samples, metric, max_new_tokens: int = 16, secondary: str = "nll",
                  progress=None, *, cache_vision: bool = True, prefix_reuse: bool = True,
-                 batch_size: int = 8, pad: bool = False, prefix_budget_mb: float = 4096):
+                 batch_size: int = 8, pad: bool = False, prefix_budget_mb: float = 4096,
+                 mask=None):
         super().__init__(vlm, samples, metric, max_new_tokens=max_new_tokens,
-                         secondary=secondary, progress=progress)
+                         secondary=secondary, progress=progress, mask=mask)
         if batch_size < 1:
             from gm_skip_ros.errors import GmSkipError
 
@@ -203,6 +205,13 @@ class FastEvaluator(Evaluator):
         self._features: list | None = None
         self._batches = self._make_batches()
         self._step: dict | None = None
+
+    def describe(self) -> dict:
+        """The speed-ups this evaluator actually uses (for a plan's cost.evaluator): the
+        vision cache is off when the family's inputs do not allow it, whatever was asked."""
+        return {"mode": "fast", "vision_cache": self._vision_ok,
+                "prefix_reuse": self.prefix_reuse, "batch_size": self.batch_size,
+                "batch_padding": self.pad}
 
     # ------------------------------------------------------------------ inputs
     def _make_batches(self) -> list[list[int]]:
