@@ -225,6 +225,9 @@ def test_cli_resume_and_refusals(planted, planted_dir, tmp_path, capsys, monkeyp
     assert "saved:" in out and "vision-encoder passes" in out and "prefix block calls" in out
     ref = json.loads(ref_plan.read_text())
     assert ref["cost"]["evaluator"]["mode"] == "fast"
+    assert ref["cost"]["evaluator"] == {"mode": "fast", "vision_cache": True,
+                                        "prefix_reuse": True, "batch_size": 8,
+                                        "batch_padding": False, "early_stop": True}
     assert ref["cost"]["per_step"][1]["speedups"]["prefix_block_calls_saved"] > 0
 
     import gm_skip_ros.search.resume as resume
@@ -416,3 +419,20 @@ def test_ray_runner_takes_per_sample_mean_from_the_metric(planted, planted_dir, 
     with RayRunner(planted_dir, samples, "exact_match", workers=2, ev_kwargs=ev_kw,
                    split=split) as runner:
         assert runner.per_sample_mean is True
+
+
+def test_cli_plan_records_the_vision_cache_the_evaluator_used(planted, planted_dir, tmp_path,
+                                                              monkeypatch):
+    """The plan's cost.evaluator says what happened, not what was asked: a model that cannot
+    take cached vision features is searched (and recorded) without the cache."""
+    _, samples = planted
+    data = _write_jsonl(tmp_path, samples[:4])
+    cls = type(load_vlm(planted_dir).model)
+    monkeypatch.setattr(cls, "_supports_mm_encoder_outputs", lambda self: False, raising=False)
+    plan = tmp_path / "plan.json"
+    assert cli_main(["search", "--model", str(planted_dir), "--data", str(data), "--metric",
+                     "exact_match", "--max-new-tokens", "3", "--split", "all", "--max-steps",
+                     "1", "--out", str(plan)]) == 0
+    got = json.loads(plan.read_text())
+    assert got["cost"]["evaluator"]["vision_cache"] is False
+    assert not any(s.get("speedups", {}).get("vision_passes_saved") for s in got["steps"])

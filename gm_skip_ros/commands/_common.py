@@ -80,11 +80,20 @@ def load_data(args, split: str | None = "__args__"):
 
 
 def data_info(args, samples, split) -> dict:
+    """The plan's ``data`` record of samples read with the shared data arguments."""
+    return describe_data(args.data, args.task, samples, split, args.holdout_fraction)
+
+
+def describe_data(source, task: str, samples, split: str | None = None,
+                  holdout_fraction: float | None = None) -> dict:
+    """The plan's ``data`` record: where the samples came from, how many, their sha256."""
     from gm_skip_ros.search.plan import data_sha256
 
-    return {"source": str(args.data), "task": args.task, "split": split or "all",
-            "holdout_fraction": args.holdout_fraction, "num_samples": len(samples),
-            "sha256": data_sha256(samples)}
+    info = {"source": str(source), "task": task, "split": split or "all"}
+    if holdout_fraction is not None:
+        info["holdout_fraction"] = holdout_fraction
+    info.update(num_samples=len(samples), sha256=data_sha256(samples))
+    return info
 
 
 def quiet_transformers() -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import time
 
-from gm_skip_ros.commands._common import add_threads_arg, apply_threads, quiet_transformers
+from gm_skip_ros.commands._common import (
+    add_threads_arg, apply_threads, describe_data, quiet_transformers,
+)
 
 
 def register(sub) -> None:
@@ -62,7 +64,7 @@ def run(args) -> int:
     from gm_skip_ros.search.fast import FastEvaluator
     from gm_skip_ros.search.greedy import SearchConfig, gm_skip_search
     from gm_skip_ros.search.metrics import get_metric
-    from gm_skip_ros.search.plan import apply_plan, data_sha256, new_plan, write_pruned_model
+    from gm_skip_ros.search.plan import apply_plan, new_plan, write_pruned_model
 
     quiet_transformers()
     apply_threads(args)
@@ -117,20 +119,18 @@ def run(args) -> int:
 
     result = gm_skip_search(calib_ev, cfg, progress=progress)
     bar.close()
-    info = {"source": str(bags["calib"]), "task": task, "split": "all",
-            "num_samples": len(calib), "sha256": data_sha256(calib)}
+    info = describe_data(bags["calib"], task, calib, "all")
     plan = new_plan(vlm.identity(), result, info, args.seed, args.metric)
-    plan.data["cost"]["evaluator"] = {
-        "mode": "fast", "vision_cache": True, "prefix_reuse": True,
-        "batch_size": calib_ev.batch_size, "batch_padding": calib_ev.pad, "early_stop": True}
+    # what the evaluator actually did (the vision cache is off where the family forbids it)
+    plan.data["cost"]["evaluator"] = {**calib_ev.describe(), "early_stop": cfg.early_stop}
     plan.save(out / "plan.json")
     from gm_skip_ros.commands.search import print_summary
 
     print_summary(plan)
 
     t = _stage("GM-Skip vs baselines on the held-out bag")
-    held_ev = FastEvaluator(vlm, held, metric, max_new_tokens=args.max_new_tokens)
-    held_ev.mask = calib_ev.mask
+    held_ev = FastEvaluator(vlm, held, metric, max_new_tokens=args.max_new_tokens,
+                            mask=calib_ev.mask)  # one mask per model
     ks = list(range(0, len(plan.steps)))
     cmp = compare_methods(plan, calib_ev, held_ev, ks, cfg.protect_first)
     save_result(cmp, out / "compare.json")

@@ -147,7 +147,7 @@ def run(args) -> int:
         if runner is not None:
             runner.close()
     plan = new_plan(vlm.identity(), result, info, args.seed, args.metric)
-    plan.data["cost"]["evaluator"] = describe_evaluator(args, runner)
+    plan.data["cost"]["evaluator"] = describe_evaluator(args, ev, runner)
     plan.save(args.out)
     spath.unlink(missing_ok=True)
     print_summary(plan)
@@ -171,14 +171,13 @@ def make_evaluator(vlm, samples, metric, plain: bool, ev_kwargs: dict):
     return FastEvaluator(vlm, samples, metric, **ev_kwargs)
 
 
-def describe_evaluator(args, runner) -> dict:
+def describe_evaluator(args, ev, runner) -> dict:
+    """What the search ran with (FastEvaluator.describe: the speed-ups it actually used, not
+    the ones asked for), plus early stopping and the Ray pool."""
     if args.plain:
         d = {"mode": "plain"}
     else:
-        d = {"mode": "fast", "vision_cache": not args.no_vision_cache,
-             "prefix_reuse": not args.no_prefix_reuse, "batch_size": args.batch_size,
-             "batch_padding": args.batch_padding,
-             "early_stop": not args.no_early_stop}
+        d = {**ev.describe(), "early_stop": not args.no_early_stop}
     if runner is not None:
         d["ray"] = {"address": args.ray_address, "workers": runner.workers,
                     "split": args.ray_split,
