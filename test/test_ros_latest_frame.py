@@ -71,16 +71,62 @@ def test_errors_are_reported_and_the_loop_goes_on():
         w.stop()
     assert errors == [("bad", "broken frame")]
     assert (w.stats.failed, w.stats.processed) == (1, 1)
+    assert w.stats.rejected == 0  # no rejected_exceptions given: every raise is a failure
+
+
+def test_rejected_and_failed_frames_are_not_counted_as_processed():
+    class BadFrame(ValueError):
+        pass
+
+    errors = []
+
+    def process(item):
+        if item == "bad":
+            raise BadFrame("unknown encoding")
+        if item == "crash":
+            raise RuntimeError("backend failed")
+
+    w = LatestFrameWorker(process, rejected_exceptions=(BadFrame,),
+                          on_error=lambda item, exc: errors.append((item, type(exc))))
+    w.start()
+    try:
+        for item in ("bad", "good", "crash", "bad"):
+            w.submit(item)
+            assert w.wait_idle(5)
+    finally:
+        w.stop()
+    assert errors == [("bad", BadFrame), ("crash", RuntimeError), ("bad", BadFrame)]
+    assert (w.stats.submitted, w.stats.processed, w.stats.rejected, w.stats.failed,
+            w.stats.dropped) == (4, 1, 2, 1, 0)
 
 
 def test_stop_drops_pending_and_joins():
     gate = threading.Event()
-    w = LatestFrameWorker(lambda item: gate.wait(5)).start()
+    finished = []
+
+    def process(item):
+        gate.wait(5)
+        finished.append(item)
+
+    w = LatestFrameWorker(process).start()
     w.submit(1)
-    while not w.busy:
+    deadline = time.monotonic() + 5
+    while not w.busy and time.monotonic() < deadline:
         time.sleep(0.001)
-    w.submit(2)
-    gate.set()
-    w.stop()
+    assert w.busy
+    w.submit(2)  # waits behind frame 1, which is held by the closed gate
+
+    def release_after_stop_dropped_frame_2():
+        end = time.monotonic() + 5
+        while w.stats.dropped < 1 and time.monotonic() < end:
+            time.sleep(0.001)
+        gate.set()
+
+    releaser = threading.Thread(target=release_after_stop_dropped_frame_2)
+    releaser.start()
+    w.stop()  # gate still closed here: frame 2 is pending and must be dropped
+    releaser.join(5)
     assert not w._thread.is_alive()
+    assert finished == [1]  # stop() waited for frame 1; frame 2 never ran
     assert w.stats.submitted == w.stats.processed + w.stats.dropped
+    assert (w.stats.submitted, w.stats.dropped, w.stats.processed, w.stats.failed) == (2, 1, 1, 0)

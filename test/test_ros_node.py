@@ -177,6 +177,9 @@ def test_bad_frame_is_counted_and_the_node_keeps_answering(client, node_proc, ba
         "too_large": lambda: _image(4, stamp, width=400, height=300),  # > max_image_pixels
         "bad_step": lambda: _image(5, stamp, step=10),
     }[bad]()
+    client.spin_for(0.5)  # the previous test's last frame is counted by now
+    assert client.diag
+    before = _status_values(client.diag[-1][1])[1]
     client.pub.publish(bad_msg)
 
     def counted():
@@ -185,9 +188,49 @@ def test_bad_frame_is_counted_and_the_node_keeps_answering(client, node_proc, ba
     assert client.spin_until(counted, 30), node_proc.output()[-3000:]
     assert node_proc.alive()
     assert any(_status_values(a)[0].level == a.status[0].WARN for _, a in client.diag)
+    client.spin_for(0.5)  # a few more diagnostics periods
+    after = _status_values(client.diag[-1][1])[1]
+    # a rejected frame is counted as rejected only: not processed, not a backend failure
+    assert int(after["frames_rejected"]) == int(before["frames_rejected"]) + 1
+    assert int(after["frames_processed"]) == int(before["frames_processed"]), (before, after)
+    assert after["frames_failed"] == before["frames_failed"] == "0"
+    assert after["backend_errors"] == "0"
     good = _image(99, _now_ns(client))
     assert _send_and_wait(client, good), node_proc.output()[-3000:]
     assert "frame rejected" in node_proc.output()
+
+
+@pytest.mark.parametrize("bad", ["unknown_encoding", "short_data", "empty", "too_large",
+                                 "bad_step"])
+def test_cv_bridge_path_refuses_what_raw_to_rgb_refuses(bad):
+    """Where cv_bridge is used, every bad frame is refused before cv_bridge sees it."""
+    from types import SimpleNamespace
+
+    from gm_skip_ros.data.image_conversion import ImageConversionError
+    from gm_skip_ros.ros.vlm_node import VlmNode
+
+    seen = []
+
+    class FakeBridge:
+        def imgmsg_to_cv2(self, msg, encoding):
+            seen.append(msg)
+            return np.zeros((msg.height, msg.width, 3), np.uint8)
+
+    node = SimpleNamespace(_values={"max_image_pixels": 100000}, _bridge=FakeBridge())
+    bad_msg = {
+        "unknown_encoding": lambda: _image(1, 0, encoding="bayer_weird42"),
+        "short_data": lambda: _image(2, 0, data=bytes(100)),
+        "empty": lambda: _image(3, 0, width=0, height=0, step=0, data=b""),
+        "too_large": lambda: _image(4, 0, width=400, height=300),
+        "bad_step": lambda: _image(5, 0, step=10, data=bytes(64 * 48 * 3)),
+    }[bad]()
+    with pytest.raises(ImageConversionError) as info:
+        VlmNode._to_rgb(node, bad_msg)
+    assert info.value.reason == bad
+    assert seen == []
+    good = _image(6, 0)
+    assert VlmNode._to_rgb(node, good).shape == (48, 64, 3)
+    assert seen == [good]
 
 
 def test_stamps_going_backwards_are_counted(client, node_proc):

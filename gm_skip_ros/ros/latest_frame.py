@@ -4,7 +4,8 @@ The subscription callback calls :meth:`LatestFrameWorker.submit`, which only sto
 frame; a frame still waiting there is replaced (dropped and counted), never queued. The
 worker thread takes the newest frame, waits if needed so that inferences start at most
 ``max_rate_hz`` times per second, and calls ``process(frame)``. An exception from
-``process`` is handed to ``on_error`` and the loop goes on. No rclpy here.
+``process`` is counted (``rejected`` for the ``rejected_exceptions`` types, else
+``failed``; never ``processed``), handed to ``on_error`` and the loop goes on. No rclpy here.
 """
 from __future__ import annotations
 
@@ -20,28 +21,35 @@ log = logging.getLogger(__name__)
 @dataclass
 class WorkerStats:
     """Counters since start: frames submitted, dropped unprocessed (replaced by a newer
-    one, or pending at stop), processed (``process`` returned) and failed (it raised)."""
+    one, or pending at stop), processed (``process`` returned), rejected (it raised one of
+    the worker's ``rejected_exceptions``) and failed (it raised anything else). Once idle,
+    submitted == dropped + processed + rejected + failed."""
 
     submitted: int = 0
     dropped: int = 0
     processed: int = 0
     failed: int = 0
+    rejected: int = 0
 
 
 class LatestFrameWorker:
     """Run ``process`` on the newest submitted item in a background thread.
 
     ``max_rate_hz`` (> 0) caps how often ``process`` starts; 0 means no cap. It can be
-    changed while running (:attr:`max_rate_hz`). ``clock`` and ``sleep`` are only for
-    callers that need another time source; both default to the monotonic clock.
+    changed while running (:attr:`max_rate_hz`). ``clock`` is only for callers that need
+    another time source; it defaults to the monotonic clock. An exception of one of the
+    ``rejected_exceptions`` types counts as ``rejected`` (a bad input), any other as
+    ``failed``; both go to ``on_error``.
     """
 
     def __init__(self, process: Callable[[Any], Any], *, max_rate_hz: float = 0.0,
                  on_error: Callable[[Any, BaseException], None] | None = None,
+                 rejected_exceptions: tuple[type[BaseException], ...] = (),
                  name: str = "latest-frame-worker",
                  clock: Callable[[], float] = time.monotonic):
         self._process = process
         self._on_error = on_error
+        self._rejected_exceptions = tuple(rejected_exceptions)
         self._clock = clock
         self.max_rate_hz = float(max_rate_hz)
         self._cond = threading.Condition()
@@ -130,7 +138,10 @@ class LatestFrameWorker:
                 self._process(item)
             except BaseException as exc:  # noqa: BLE001 - the loop must survive any frame
                 with self._cond:
-                    self.stats.failed += 1
+                    if isinstance(exc, self._rejected_exceptions):
+                        self.stats.rejected += 1
+                    else:
+                        self.stats.failed += 1
                 if self._on_error is not None:
                     try:
                         self._on_error(item, exc)

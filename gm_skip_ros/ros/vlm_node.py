@@ -44,9 +44,9 @@ from gm_skip_ros.msg import Float64Stamped, SceneDescription
 from gm_skip_ros.ros import parameters as params
 from gm_skip_ros.data.image_conversion import (
     ImageConversionError,
-    check_size,
     compressed_to_rgb,
     raw_to_rgb,
+    validate_raw,
 )
 from gm_skip_ros.ros.latest_frame import LatestFrameWorker
 
@@ -131,7 +131,8 @@ class VlmNode(Node):
 
         self._worker = LatestFrameWorker(
             self._process, max_rate_hz=self._values["max_inference_rate_hz"],
-            on_error=self._on_worker_error, name="vlm_node-inference").start()
+            on_error=self._on_worker_error, rejected_exceptions=(ImageConversionError,),
+            name="vlm_node-inference").start()
         msg_type = CompressedImage if self._values["use_compressed_image"] else Image
         in_qos = qos_profile_sensor_data
         if self._values["input_reliability"] == "reliable":
@@ -219,10 +220,10 @@ class VlmNode(Node):
         if isinstance(msg, CompressedImage):
             return compressed_to_rgb(msg.format, msg.data, max_pixels)
         if self._bridge is not None:
-            check_size(msg.height, msg.width, max_pixels)
-            if len(msg.data) < msg.height * msg.step:
-                raise ImageConversionError("short_data", f"data has {len(msg.data)} bytes, "
-                                           f"fewer than height*step = {msg.height * msg.step}")
+            # the same checks raw_to_rgb makes (size, encoding, step, data length), so a
+            # frame raw_to_rgb would refuse never reaches cv_bridge or the model
+            validate_raw(msg.height, msg.width, msg.encoding, msg.step, len(msg.data),
+                         max_pixels)
             try:
                 return self._bridge.imgmsg_to_cv2(msg, "rgb8")
             except Exception as exc:  # noqa: BLE001 - CvBridgeError and cv2.error
@@ -231,30 +232,17 @@ class VlmNode(Node):
                           msg.data, max_pixels)
 
     def _process(self, msg) -> None:
-        """Worker thread: one frame from conversion to published outputs."""
+        """Worker thread: one frame from conversion to published outputs.
+
+        Raises on a rejected frame (ImageConversionError) or a backend failure; the worker
+        counts it (rejected / failed, not processed) and hands it to _on_worker_error."""
         start = time.monotonic()
         with self._lock:
             cyclic = None if self._last_start is None else (start - self._last_start) * 1e3
             self._last_start = start
             prompt, max_new = self._values["prompt"], self._values["max_new_tokens"]
-        try:
-            rgb = self._to_rgb(msg)
-        except ImageConversionError as exc:
-            with self._lock:
-                self._rejected[exc.reason] += 1
-                self._period_rejected += 1
-            self._log_limited(exc.reason, f"frame rejected ({exc.reason}): {exc}")
-            return
-        try:
-            result = self._backend.generate(rgb, prompt, max_new)
-        except Exception as exc:  # noqa: BLE001 - a backend failure must not stop the node
-            with self._lock:
-                self._backend_errors += 1
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                self._last_error_period = True
-            self._log_limited("backend", f"backend failed on a frame: {type(exc).__name__}: "
-                              f"{exc}")
-            return
+        rgb = self._to_rgb(msg)
+        result = self._backend.generate(rgb, prompt, max_new)
         t = result.timings
         out = SceneDescription(
             header=msg.header, text=result.text, prompt=prompt,
@@ -280,11 +268,20 @@ class VlmNode(Node):
                 self._period_max_latency = latency
 
     def _on_worker_error(self, msg, exc: BaseException) -> None:
+        """Worker thread, after _process raised: a rejected frame or a backend failure.
+        Counted for /diagnostics and logged (rate-limited); the node keeps running."""
+        if isinstance(exc, ImageConversionError):
+            with self._lock:
+                self._rejected[exc.reason] += 1
+                self._period_rejected += 1
+            self._log_limited(exc.reason, f"frame rejected ({exc.reason}): {exc}")
+            return
         with self._lock:
             self._backend_errors += 1
             self._last_error = f"{type(exc).__name__}: {exc}"
             self._last_error_period = True
-        self._log_limited("worker", f"processing a frame failed: {type(exc).__name__}: {exc}")
+        self._log_limited("backend", f"backend failed on a frame: {type(exc).__name__}: "
+                          f"{exc}")
 
     def _log_limited(self, key: str, text: str) -> None:
         """Log ``text`` the first time ``key`` happens, then at most every LOG_EVERY_S."""
@@ -335,6 +332,7 @@ class VlmNode(Node):
                 "frames_processed": stats.processed,
                 "frames_dropped": stats.dropped,
                 "frames_rejected": sum(self._rejected.values()),
+                "frames_failed": stats.failed,
                 **{f"frames_rejected_{k}": n for k, n in sorted(self._rejected.items())},
                 "stamps_backwards": self._stamps_backwards,
                 "backend_errors": self._backend_errors,
