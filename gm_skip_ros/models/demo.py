@@ -25,7 +25,15 @@ TRAIN_COMMAND = "python -m gm_skip_ros.training.train_demo --out models/demo_vlm
 
 
 def _is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    """config.json and complete safetensors weights (one file, or every indexed shard)."""
+    from gm_skip_ros.models.loading import weight_files
+
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return False
+    try:
+        return bool(weight_files(path))
+    except GmSkipError:  # a sharded model with a shard missing
+        return False
 
 
 def candidate_dirs() -> list[Path]:
@@ -46,8 +54,8 @@ def default_model_dir() -> Path:
         path = Path(env).expanduser()
         if not _is_model_dir(path):
             raise GmSkipError(
-                f"{ENV_VAR}={env} is not a model directory (no config.json and "
-                f"model.safetensors there); point it at the demo model or unset it")
+                f"{ENV_VAR}={env} is not a model directory (no config.json and complete "
+                f"*.safetensors weights there); point it at the demo model or unset it")
         return path
     searched = candidate_dirs()
     for path in searched:
