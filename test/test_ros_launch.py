@@ -98,6 +98,26 @@ def test_online_launch_params_and_remaps_are_the_nodes():
         "installed param file is stale: run `make msgs`")
 
 
+def test_launch_overrides_of_the_param_file_are_documented():
+    """The inline <param>s come after <param from=param_file>, so they win over the file;
+    the param file's comment and the README name every one of them."""
+    (node,) = ET.parse(ONLINE).getroot().iter("node")
+    params = list(node.iter("param"))
+    froms = [i for i, p in enumerate(params) if p.get("from")]
+    inline = [p.get("name") for p in params if p.get("name")]
+    assert froms == [0], "param_file must be loaded first (the launch args override it)"
+    assert set(inline) == {"model_dir", "plan_path", "backend", "device",
+                           "use_compressed_image", "use_sim_time"}
+    text = (REPO / "config" / "gm_skip.param.yaml").read_text()
+    header = " ".join(line.lstrip("# ") for line in text.split("/**")[0].splitlines())
+    readme = (REPO / "README.md").read_text()
+    (bullet,) = [b for b in readme.split("\n- ") if b.startswith("`launch/gm_skip.launch.xml`")]
+    for name in inline:
+        assert re.search(rf"\b{name}\b", header), f"param file comment does not name {name}"
+        assert f"`{name}`" in bullet, f"README launch bullet does not name {name}"
+    assert "win" in header and "win" in bullet
+
+
 @pytest.mark.ros  # needs `make msgs` (installs lib/ and share/gm_skip_ros)
 def test_search_launch_command_is_a_valid_gm_skip_search_call():
     from gm_skip_ros.cli import make_parser
