@@ -2,6 +2,7 @@
 vlm_node with /clock, and the node's descriptions are scored against the bag's labels."""
 import json
 
+import numpy as np
 import pytest
 
 from ros_support import VENV_BIN, NodeProcess, RosClient, ros_env, start_vlm_node, test_domain_id
@@ -36,6 +37,38 @@ def test_bag_camera_reads_the_recorded_cdr(scene_bag):
     msg = deserialize_message(frames[0][1], Image)
     assert (msg.width, msg.height, msg.encoding) == (96, 64, "rgb8")
     assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == T0_NS
+
+
+def test_bag_camera_picks_the_image_topic_the_reader_picks(tmp_path):
+    """Two raw image topics, the quieter one recorded first: replay reads the topic the
+    rosbag reader (and so gm-skip search) reads, the busiest, not the first connection."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from gm_skip_ros.data.rosbag import IMAGE_TYPE, _pick_image_topic, typestore
+    from gm_skip_ros.ros.bag_replay import BagCamera
+
+    store = typestore()
+    bag = tmp_path / "two_cameras"
+    with Writer(bag, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP) as w:
+        conns = {t: w.add_connection(t, IMAGE_TYPE, typestore=store)
+                 for t in ("/a_quiet/image", "/b_busy/image")}
+        for topic, n in (("/a_quiet/image", 1), ("/b_busy/image", 3)):
+            for i in range(n):
+                stamp = 1_000_000_000 + i
+                header = store.types["std_msgs/msg/Header"](
+                    stamp=store.types["builtin_interfaces/msg/Time"](sec=1, nanosec=i),
+                    frame_id="cam")
+                img = store.types[IMAGE_TYPE](header=header, height=1, width=1,
+                                              encoding="rgb8", is_bigendian=0, step=3,
+                                              data=np.zeros(3, np.uint8))
+                w.write(conns[topic], stamp, store.serialize_cdr(img, IMAGE_TYPE))
+    cam = BagCamera(bag)
+    try:
+        assert cam.topic == "/b_busy/image"
+        assert cam.topic == _pick_image_topic(cam._reader.connections, bag)
+        assert len(list(cam)) == 3
+    finally:
+        cam.close()
 
 
 def test_score_matches_by_stamp_and_reports_coverage():

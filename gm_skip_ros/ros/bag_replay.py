@@ -81,7 +81,7 @@ class BagCamera:
     def __init__(self, path, topic: str | None = None):
         from rosbags.highlevel import AnyReader
 
-        from gm_skip_ros.data.rosbag import COMPRESSED_TYPE, IMAGE_TYPE, is_bag_path, typestore
+        from gm_skip_ros.data.rosbag import _pick_image_topic, is_bag_path, typestore
 
         self.path = Path(path)
         if not self.path.exists() or not is_bag_path(self.path):
@@ -90,14 +90,12 @@ class BagCamera:
         self._reader = AnyReader([self.path], default_typestore=typestore())
         self._reader.open()
         conns = self._reader.connections
-        images = [c for c in conns if c.msgtype in (IMAGE_TYPE, COMPRESSED_TYPE)]
-        if topic is None:
-            raw = [c for c in images if c.msgtype == IMAGE_TYPE] or images
-            if not raw:
+        if topic is None:  # the rosbag reader's choice, so replay and search read one topic
+            try:
+                topic = _pick_image_topic(conns, self.path)
+            except GmSkipError:
                 self.close()
-                raise GmSkipError(f"bag {self.path} has no image topic (topics: "
-                                  f"{', '.join(sorted({c.topic for c in conns}))})")
-            topic = raw[0].topic
+                raise
         self.connections = [c for c in conns if c.topic == topic]
         if not self.connections:
             self.close()
