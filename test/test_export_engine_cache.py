@@ -121,9 +121,9 @@ def test_profiles_from_exported_graphs(tiny_llava_dir, tmp_path):
     torch.set_num_threads(1)
     vlm = load_vlm(tiny_llava_dir)
     plan = write_plan(tmp_path / "plan.json", vlm.identity(), removed=[1])
-    from gm_skip_ros.export.onnx_export import load_model
+    from gm_skip_ros.search.plan import load_pruned_vlm
 
-    pruned = load_model(tiny_llava_dir, plan)
+    pruned = load_pruned_vlm(tiny_llava_dir, plan)
     out = export_vlm(pruned, tmp_path / "onnx", plan_path=plan, exporter="torchscript")
     opts = EC.ProfileOptions(max_seq=128, opt_seq=64, max_past=256, opt_past=100)
     prof = EC.profile_from_onnx(out / "decoder.onnx", opts)

@@ -20,10 +20,11 @@ def run(args) -> int:
     import json
 
     from gm_skip_ros.commands._common import quiet_transformers
-    from gm_skip_ros.export.onnx_export import export_vlm, load_model, read_manifest
+    from gm_skip_ros.export.onnx_export import export_vlm, read_manifest
+    from gm_skip_ros.search.plan import load_pruned_vlm
 
     quiet_transformers()
-    vlm = load_model(args.model, args.plan)
+    vlm = load_pruned_vlm(args.model, args.plan)
     out = export_vlm(vlm, args.out, plan_path=args.plan, opset=args.opset, exporter=args.exporter)
     man = read_manifest(out)
     summary = {"out": str(out), "opset": man["opset"],

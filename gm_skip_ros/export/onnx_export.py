@@ -327,17 +327,8 @@ def ensure_exported(model_dir, plan_path=None, *, cache_dir, exporter: str = "au
         except GmSkipError as exc:
             log.warning("cached export %s is unusable (%s); exporting again", out, exc)
     if vlm is None:
-        vlm = load_model(model_dir, plan_path)
-    log.info("exporting %s (plan %s) to %s", model_dir, plan_path, out)
-    return export_vlm(vlm, out, plan_path=plan_path, opset=opset, exporter=exporter)
-
-
-def load_model(model_dir, plan_path=None, *, device: str = "cpu", dtype=None):
-    """The (pruned) LoadedVLM: the plan is validated against the model and applied."""
-    if plan_path is not None:
         from gm_skip_ros.search.plan import load_pruned_vlm
 
-        return load_pruned_vlm(model_dir, plan_path, device=device, dtype=dtype)
-    from gm_skip_ros.models import load_vlm
-
-    return load_vlm(model_dir, device=device, dtype=dtype)
+        vlm = load_pruned_vlm(model_dir, plan_path)
+    log.info("exporting %s (plan %s) to %s", model_dir, plan_path, out)
+    return export_vlm(vlm, out, plan_path=plan_path, opset=opset, exporter=exporter)

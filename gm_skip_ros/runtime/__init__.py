@@ -19,7 +19,7 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 __all__ = ["BACKENDS", "Backend", "GenerationResult", "StageTimings", "create_backend",
-           "load_model", "model_id_of", "plan_id_of", "default_cache_dir"]
+           "model_id_of", "plan_id_of", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
@@ -39,13 +39,6 @@ def plan_id_of(plan_path) -> str:
 def model_id_of(identity: dict) -> str:
     """``<directory name>@<weights sha256 prefix>`` from a LoadedVLM identity."""
     return f"{Path(identity['path']).name}@{identity['weights_sha256'][:12]}"
-
-
-def load_model(model_dir, plan_path=None, *, device: str = "cpu", dtype=None):
-    """The (pruned) LoadedVLM: the plan is validated against the model and applied."""
-    from gm_skip_ros.export.onnx_export import load_model as _load
-
-    return _load(model_dir, plan_path, device=device, dtype=dtype)
 
 
 def _set_threads(num_threads: int | None) -> None:
@@ -86,7 +79,9 @@ def create_backend(kind: str, model_dir, plan_path=None, device: str = "cpu", *,
         from gm_skip_ros.runtime.torch_backend import TorchBackend
 
         if vlm is None:
-            vlm = load_model(model_dir, plan_path, device=device, dtype=dtype)
+            from gm_skip_ros.search.plan import load_pruned_vlm
+
+            vlm = load_pruned_vlm(model_dir, plan_path, device=device, dtype=dtype)
         ident = vlm.identity()
         return TorchBackend(vlm, model_id=model_id_of(ident), plan_id=plan_id_of(plan_path),
                             blocks_total=ident["num_decoder_blocks"],
