@@ -331,68 +331,9 @@ def test_ray_search_gives_the_single_process_plan(planted, planted_dir, tmp_path
         assert b["steps"][1]["speedups"]["ray_workers"] == 2
 
 
-class _FakeRay:
-    """Just enough of the ray API to run RayRunner's actors in this process (no cluster)."""
-
-    class _Ref:
-        def __init__(self, value):
-            self.value = value
-
-    class _Method:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def remote(self, *a, **k):
-            return _FakeRay._Ref(self.fn(*a, **k))
-
-    class _Actor:
-        def __init__(self, inst):
-            self._inst = inst
-
-        def __getattr__(self, name):
-            return _FakeRay._Method(getattr(self._inst, name))
-
-    class _ActorClass:
-        def __init__(self, cls):
-            self.cls = cls
-
-        def options(self, **_):
-            return self
-
-        def remote(self, *a):
-            return _FakeRay._Actor(self.cls(*[_FakeRay._unref(x) for x in a]))
-
-    exceptions = type("E", (), {"RayError": RuntimeError})
-
-    @staticmethod
-    def _unref(x):
-        return x.value if isinstance(x, _FakeRay._Ref) else x
-
-    def is_initialized(self):
-        return True
-
-    def cluster_resources(self):
-        return {"CPU": 2}
-
-    def put(self, x):
-        return self._Ref(x)
-
-    def get(self, refs):
-        return [self._unref(r) for r in refs] if isinstance(refs, list) else self._unref(refs)
-
-    def wait(self, refs, num_returns=1):
-        return refs[:num_returns], refs[num_returns:]
-
-    def remote(self, cls):
-        return self._ActorClass(cls)
-
-    def kill(self, actor):
-        pass
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["samples", "candidates"])
-def test_ray_runner_takes_per_sample_mean_from_the_metric(planted, planted_dir, split,
-                                                          monkeypatch):
+def test_ray_runner_takes_per_sample_mean_from_the_metric(planted, planted_dir, split):
     """cider is not a mean of per-sample scores: the runner must not early-stop it nor merge
     shards as a per-sample mean (it once defaulted to per_sample_mean=True and the sample
     split then iterated over the workers' per_sample=None)."""
@@ -400,8 +341,8 @@ def test_ray_runner_takes_per_sample_mean_from_the_metric(planted, planted_dir, 
 
     from gm_skip_ros.search.distributed import RayRunner
 
+    pytest.importorskip("ray")
     assert "per_sample_mean" not in inspect.signature(RayRunner).parameters
-    monkeypatch.setitem(sys.modules, "ray", _FakeRay())
     _, samples = planted
     samples = samples[:6]
     vlm = load_vlm(planted_dir)
@@ -409,6 +350,7 @@ def test_ray_runner_takes_per_sample_mean_from_the_metric(planted, planted_dir, 
     ev_kw = dict(max_new_tokens=3, batch_size=4)
     ref = gm_skip_search(FastEvaluator(vlm, samples, get_metric("cider"), **ev_kw),
                          SearchConfig(**kw, early_stop=True))
+    # a private local Ray instance (loopback only), two real actors
     with RayRunner(planted_dir, samples, "cider", workers=2, ev_kwargs=ev_kw,
                    expected_identity=vlm.identity(), split=split) as runner:
         assert runner.per_sample_mean is False
